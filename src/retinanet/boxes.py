@@ -1,0 +1,76 @@
+"""Box coder and the IoU helpers torchvision lacks (batched over images, intersection
+over the first box's area). Boxes are xyxy in absolute pixels everywhere."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+# exp() of a width/height delta is clamped so a bad prediction cannot overflow to inf
+# (same bound as torchvision and Detectron: boxes at most 1000/16 times their anchor).
+DELTA_CLAMP = math.log(1000.0 / 16)
+
+
+class BoxCoder:
+    """Encodes boxes as (dx, dy, dw, dh) offsets from anchors, each divided by ``weights``."""
+
+    def __init__(self, weights: tuple[float, float, float, float] = (1.0, 1.0, 1.0, 1.0), clamp: float = DELTA_CLAMP):
+        self.weights = weights
+        self.clamp = clamp
+
+    def encode(self, boxes: Tensor, anchors: Tensor) -> Tensor:
+        """boxes, anchors (..., 4) xyxy -> deltas (..., 4)."""
+        wx, wy, ww, wh = self.weights
+        aw = anchors[..., 2] - anchors[..., 0]
+        ah = anchors[..., 3] - anchors[..., 1]
+        ax = anchors[..., 0] + 0.5 * aw
+        ay = anchors[..., 1] + 0.5 * ah
+        bw = (boxes[..., 2] - boxes[..., 0]).clamp(min=1e-6)
+        bh = (boxes[..., 3] - boxes[..., 1]).clamp(min=1e-6)
+        bx = boxes[..., 0] + 0.5 * bw
+        by = boxes[..., 1] + 0.5 * bh
+        return torch.stack(
+            [wx * (bx - ax) / aw, wy * (by - ay) / ah, ww * torch.log(bw / aw), wh * torch.log(bh / ah)], dim=-1
+        )
+
+    def decode(self, deltas: Tensor, anchors: Tensor) -> Tensor:
+        """deltas (..., 4), anchors broadcastable (..., 4) -> boxes (..., 4) xyxy."""
+        wx, wy, ww, wh = self.weights
+        aw = anchors[..., 2] - anchors[..., 0]
+        ah = anchors[..., 3] - anchors[..., 1]
+        ax = anchors[..., 0] + 0.5 * aw
+        ay = anchors[..., 1] + 0.5 * ah
+        cx = deltas[..., 0] / wx * aw + ax
+        cy = deltas[..., 1] / wy * ah + ay
+        w = torch.exp((deltas[..., 2] / ww).clamp(max=self.clamp)) * aw
+        h = torch.exp((deltas[..., 3] / wh).clamp(max=self.clamp)) * ah
+        return torch.stack([cx - 0.5 * w, cy - 0.5 * h, cx + 0.5 * w, cy + 0.5 * h], dim=-1)
+
+
+def _intersection(a: Tensor, b: Tensor) -> Tensor:
+    """a (..., G, 4), b (M, 4) -> intersection areas (..., G, M)."""
+    lt = torch.maximum(a[..., :, None, :2], b[..., None, :, :2])
+    rb = torch.minimum(a[..., :, None, 2:], b[..., None, :, 2:])
+    wh = (rb - lt).clamp(min=0)
+    return wh[..., 0] * wh[..., 1]
+
+
+def area(boxes: Tensor) -> Tensor:
+    return (boxes[..., 2] - boxes[..., 0]).clamp(min=0) * (boxes[..., 3] - boxes[..., 1]).clamp(min=0)
+
+
+def batched_box_iou(a: Tensor, b: Tensor) -> Tensor:
+    """IoU of every box of ``a`` (N, G, 4) with every box of ``b`` (M, 4) -> (N, G, M).
+
+    torchvision.ops.box_iou handles one image; this does the whole padded batch at once.
+    """
+    inter = _intersection(a, b)
+    union = area(a)[..., :, None] + area(b)[..., None, :] - inter
+    return inter / union.clamp(min=1e-9)
+
+
+def batched_box_ioa(regions: Tensor, b: Tensor) -> Tensor:
+    """Fraction of each box of ``b`` (M, 4) covered by each region (N, G, 4) -> (N, G, M)."""
+    return _intersection(regions, b) / area(b)[..., None, :].clamp(min=1e-9)

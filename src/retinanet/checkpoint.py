@@ -1,0 +1,64 @@
+"""Checkpoints: plain dicts written atomically, read with torch.load(weights_only=True).
+
+Keys: format, model (state dict), ema (state dict or absent), config (nested dict of the
+run's resolved config, with 'model' the ModelConfig), class_names, category_ids (the
+dataset's own id of each contiguous label), epoch, step, optimizer, scheduler, rng,
+metrics. Inference prefers the EMA weights when they are present.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .config import ModelConfig, from_dict
+
+FORMAT = "retinanet-mobilenet/1"
+
+
+def save_checkpoint(state: dict[str, Any], path: str | Path) -> Path:
+    """Write ``state`` to ``path`` via a temporary file and a rename: a kill never leaves a broken file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {"format": FORMAT, **state}
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: checkpoint not found")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:
+        raise RuntimeError(f"{path}: not a readable checkpoint: {e}") from e
+    if not isinstance(state, dict) or state.get("format") != FORMAT or "model" not in state:
+        raise RuntimeError(f"{path}: not a {FORMAT} checkpoint")
+    return state
+
+
+def model_from_checkpoint(path_or_state: str | Path | dict[str, Any], use_ema: bool = True):
+    """Rebuild the model a checkpoint was saved from (no backbone weights are fetched)."""
+    from .model import RetinaNet
+
+    state = path_or_state if isinstance(path_or_state, dict) else load_checkpoint(path_or_state)
+    cfg: ModelConfig = from_dict(ModelConfig, state["config"]["model"], "model")
+    cfg.backbone.weights = "none"  # every weight comes from the checkpoint
+    model = RetinaNet(cfg, class_names=state.get("class_names"), category_ids=state.get("category_ids"))
+    weights = state["ema"] if use_ema and state.get("ema") else state["model"]
+    model.load_state_dict(weights)
+    return model.eval()

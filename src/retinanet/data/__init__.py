@@ -1,0 +1,1 @@
+"""Dataset readers, image decoding, validation and augmentation."""

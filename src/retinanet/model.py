@@ -1,0 +1,120 @@
+"""RetinaNet on a MobileNet backbone: forward -> raw outputs; loss(); predict().
+
+forward returns the two raw tensors (class logits, box deltas) and nothing else, so
+training, validation loss and export all start from the same call.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from .anchors import AnchorGenerator
+from .backbones import Backbone, build_backbone
+from .boxes import BoxCoder
+from .config import ModelConfig
+from .fpn import FPN
+from .heads import RetinaHead
+from .losses import DetectionLoss
+from .postprocess import Detections, postprocess
+from .preprocess import IMAGENET_MEAN, IMAGENET_STD, letterbox
+
+
+class RetinaNet(nn.Module):
+    def __init__(
+        self,
+        cfg: ModelConfig,
+        backbone: Backbone | None = None,
+        fpn: FPN | None = None,
+        head: RetinaHead | None = None,
+        class_names: list[str] | None = None,
+        category_ids: list[int] | None = None,
+    ):
+        super().__init__()
+        self.cfg = cfg
+        self.backbone = backbone if backbone is not None else build_backbone(cfg.backbone)
+        self.fpn = fpn if fpn is not None else FPN(
+            self.backbone.out_channels, cfg.fpn.channels, cfg.fpn.lite, cfg.fpn.min_level, cfg.fpn.max_level
+        )
+        levels = range(cfg.fpn.min_level, cfg.fpn.max_level + 1)
+        if len(cfg.anchors.sizes) != len(levels):
+            raise ValueError(
+                f"model.anchors.sizes has {len(cfg.anchors.sizes)} entries for {len(levels)} levels "
+                f"P{cfg.fpn.min_level}..P{cfg.fpn.max_level}"
+            )
+        self.anchor_generator = AnchorGenerator(
+            cfg.anchors.sizes, cfg.anchors.scales, cfg.anchors.ratios, tuple(2**lv for lv in levels)
+        )
+        self.head = head if head is not None else RetinaHead(
+            cfg.fpn.channels,
+            self.anchor_generator.num_anchors,
+            cfg.num_classes,
+            num_levels=len(levels),
+            depth=cfg.head.depth,
+            lite=cfg.head.lite,
+            norm=cfg.head.norm,
+            prior_prob=cfg.head.prior_prob,
+        )
+        self.box_coder = BoxCoder()
+        self.criterion = DetectionLoss(cfg.loss, self.box_coder)
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+        if class_names is not None and len(class_names) != cfg.num_classes:
+            raise ValueError(f"{len(class_names)} class names for {cfg.num_classes} classes")
+        self.class_names = list(class_names) if class_names else [str(i) for i in range(cfg.num_classes)]
+        if category_ids is not None and len(category_ids) != cfg.num_classes:
+            raise ValueError(f"{len(category_ids)} category ids for {cfg.num_classes} classes")
+        # The dataset's own id of each contiguous label 0..K-1 (COCO ids are not contiguous).
+        self.category_ids = list(category_ids) if category_ids else list(range(cfg.num_classes))
+        # Depthwise convs run about twice as fast in channels-last layout on CPU.
+        self.to(memory_format=torch.channels_last)
+
+    @property
+    def num_classes(self) -> int:
+        return self.cfg.num_classes
+
+    def forward(self, images: Tensor) -> tuple[Tensor, Tensor]:
+        """images (N, 3, H, W) RGB in [0, 1] -> cls logits (N, M, K), box deltas (N, M, 4)."""
+        x = ((images - self.mean) / self.std).contiguous(memory_format=torch.channels_last)
+        return self.head(self.fpn(self.backbone(x)))
+
+    def anchors(self, image_hw: tuple[int, int]) -> tuple[Tensor, list[int]]:
+        """Anchors (M, 4) for an input of this size, and the number per level."""
+        return self.anchor_generator(image_hw, device=self.mean.device)
+
+    def loss(self, outputs: tuple[Tensor, Tensor], image_hw: tuple[int, int], gt_boxes: Tensor, gt_labels: Tensor) -> dict[str, Tensor]:
+        """outputs of forward; gt_boxes (N, G, 4) xyxy input pixels; gt_labels (N, G) with
+        PAD_LABEL for padding and CROWD_LABEL for ignore regions."""
+        cls_logits, box_deltas = outputs
+        anchors, _ = self.anchors(image_hw)
+        if anchors.shape[0] != cls_logits.shape[1]:
+            raise RuntimeError(f"{anchors.shape[0]} anchors but the head produced {cls_logits.shape[1]} predictions")
+        return self.criterion(cls_logits, box_deltas, anchors, gt_boxes, gt_labels)
+
+    def postprocess(
+        self,
+        outputs: tuple[Tensor, Tensor],
+        image_hw: tuple[int, int],
+        scales: Tensor | None = None,
+        orig_sizes: Tensor | None = None,
+    ) -> list[Detections]:
+        anchors, counts = self.anchors(image_hw)
+        return postprocess(*outputs, anchors, counts, self.cfg.postprocess, self.box_coder, scales, orig_sizes)
+
+    @torch.no_grad()
+    def predict(self, images: list[Tensor] | Tensor) -> list[Detections]:
+        """images: (3, H, W) uint8 / [0, 1] float tensors of any sizes, or a batch of them.
+        Returns one Detections per image, boxes in that image's pixels."""
+        if isinstance(images, Tensor) and images.ndim == 3:
+            images = [images]
+        was_training = self.training
+        self.eval()
+        batch, scales, sizes = letterbox(list(images), self.cfg.input_size)
+        batch = batch.to(self.mean.device)
+        out = self.postprocess(self(batch), batch.shape[-2:], scales, sizes)
+        self.train(was_training)
+        return out
+
+
+def build_model(cfg: ModelConfig, class_names: list[str] | None = None, category_ids: list[int] | None = None) -> RetinaNet:
+    return RetinaNet(cfg, class_names=class_names, category_ids=category_ids)

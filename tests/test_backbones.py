@@ -1,0 +1,107 @@
+from pathlib import Path
+
+import pytest
+import torch
+import torchvision
+
+from retinanet.backbones import (
+    MOBILENET_V2_FILE,
+    MOBILENET_V2_SHA256,
+    MobileNetV1,
+    _sha256,
+    build_backbone,
+    imagenet_state_dict,
+    install_offline_weights,
+)
+from retinanet.config import BackboneConfig
+from retinanet.data.images import read_image
+
+EXPECTED = {
+    "mobilenet_v1": (256, 512, 1024),
+    "mobilenet_v2": (32, 96, 1280),
+    "mobilenet_v3_large": (40, 112, 960),
+    "mobilenet_v3_small": (24, 48, 576),
+}
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_backbone_contract(name):
+    b = build_backbone(BackboneConfig(name=name, weights="none")).eval()
+    feats = b(torch.rand(1, 3, 96, 160))
+    assert b.out_channels == EXPECTED[name] and b.strides == (8, 16, 32)
+    assert [f.shape[1] for f in feats] == list(b.out_channels)
+    assert [tuple(f.shape[-2:]) for f in feats] == [(12, 20), (6, 10), (3, 5)]
+
+
+@pytest.mark.parametrize("width,c5", [(1.0, 1024), (0.75, 768), (0.5, 512), (0.25, 256)])
+def test_mobilenet_v1_width_multiplier(width, c5):
+    b = build_backbone(BackboneConfig(name="mobilenet_v1", width=width, weights="none"))
+    assert b.out_channels == (int(256 * width), int(512 * width), c5)
+    # Depthwise + pointwise only: every 3x3 conv after the stem is depthwise.
+    convs = [m for m in b.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert all(c.groups == c.in_channels for c in convs[1:] if c.kernel_size == (3, 3))
+    assert MobileNetV1(width)(torch.rand(1, 3, 64, 64)).shape == (1, 1000)
+
+
+def test_freeze_stages_and_bn():
+    b = build_backbone(BackboneConfig(weights="none", freeze_stages=2, freeze_bn=True))
+    frozen = [all(not p.requires_grad for p in s.parameters()) for s in b.stages]
+    assert frozen == [True, True, False, False, False]
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in b.modules())
+    b.train()
+    x = torch.rand(2, 3, 64, 64)
+    torch.testing.assert_close(b(x)[0], b.eval()(x)[0])  # frozen BN: same in train and eval
+
+
+def test_offline_weights_installed_with_checked_hash():
+    path = install_offline_weights()
+    # Exactly where torchvision's own download would have put it.
+    assert path == Path(torch.hub.get_dir()) / "checkpoints" / MOBILENET_V2_FILE
+    assert _sha256(path) == MOBILENET_V2_SHA256
+
+
+def test_user_weights_file_loads_and_bad_file_is_reported(tmp_path):
+    clf = torchvision.models.mobilenet_v3_small()
+    torch.save(clf.state_dict(), tmp_path / "v3s.pth")
+    b = build_backbone(BackboneConfig(name="mobilenet_v3_small", weights=str(tmp_path / "v3s.pth")))
+    torch.testing.assert_close(b.stages[0][0][0].weight, clf.features[0][0].weight)
+    (tmp_path / "junk.pth").write_bytes(b"not a checkpoint")
+    with pytest.raises(RuntimeError, match="junk.pth"):
+        build_backbone(BackboneConfig(name="mobilenet_v3_small", weights=str(tmp_path / "junk.pth")))
+    with pytest.raises(RuntimeError, match="v3s.pth"):  # V3 weights offered to a V2 backbone
+        build_backbone(BackboneConfig(name="mobilenet_v2", weights=str(tmp_path / "v3s.pth")))
+
+
+# coco128 photos whose main object is an ImageNet class, and the acceptable ImageNet indices.
+IMAGENET_CASES = {
+    "000000000034.jpg": ("zebra", {340}),
+    "000000000036.jpg": ("umbrella", {879}),
+    "000000000263.jpg": ("elephant", {101, 385, 386}),  # tusker, Indian / African elephant
+    "000000000397.jpg": ("pizza", {963}),
+    "000000000471.jpg": ("school bus", {779}),
+    "000000000623.jpg": ("teddy bear", {850}),
+}
+
+
+def test_imagenet_mobilenet_v2_ranks_right_class_in_top5(coco128):
+    weights = torchvision.models.MobileNet_V2_Weights.IMAGENET1K_V1
+    model = torchvision.models.mobilenet_v2()
+    model.load_state_dict(imagenet_state_dict("mobilenet_v2"))
+    model.eval()
+    transform = weights.transforms()
+    hits = {}
+    with torch.no_grad():
+        for name, (what, classes) in IMAGENET_CASES.items():
+            logits = model(transform(read_image(coco128 / "train2017" / name))[None])
+            top5 = set(logits.topk(5).indices[0].tolist())
+            hits[f"{name} ({what})"] = bool(top5 & classes)
+    assert all(hits.values()), hits
+
+
+def test_detector_backbone_uses_the_imagenet_features():
+    ref = torchvision.models.mobilenet_v2()
+    ref.load_state_dict(imagenet_state_dict("mobilenet_v2"))
+    b = build_backbone(BackboneConfig()).eval()
+    x = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(b(x)[-1], ref.eval().features(x))
