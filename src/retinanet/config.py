@@ -129,6 +129,24 @@ class ModelConfig:
     postprocess: PostprocessConfig = field(default_factory=PostprocessConfig)
 
 
+@dataclass
+class AugmentConfig:
+    """Training augmentation (torchvision.transforms.v2, box-aware). Evaluation only letterboxes."""
+
+    hflip: float = 0.5
+    """Probability of a horizontal flip."""
+    scale: tuple[float, float] = (0.75, 1.25)
+    """Random zoom range of the letterboxed image before the crop/pad back to input_size (1 = none)."""
+    iou_crop: float = 0.0
+    """Probability of torchvision's RandomIoUCrop (SSD-style) before resizing."""
+    color_jitter: float = 0.2
+    """Strength of brightness/contrast/saturation jitter (0 = off); hue gets a tenth of it."""
+    mosaic: float = 0.0
+    """Probability of a 4-image mosaic."""
+    min_box_size: float = 2.0
+    """Boxes narrower or shorter than this many pixels after augmentation are dropped."""
+
+
 PRESETS = ("default", "full", "v1", "v3", "v3_small")
 
 
