@@ -7,6 +7,7 @@ The whole batch is done with one NMS call: images and classes are both folded in
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -32,23 +33,35 @@ class Detections:
 def select_candidates(
     cls_logits: Tensor, level_counts: list[int], topk: int, score_thresh: float
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Top-k (anchor, class) pairs per level above the threshold.
+    """(anchor, class) pairs above the threshold, at most ``topk`` per level and image.
 
-    cls_logits (N, M, K) -> scores (N, C), anchor index (N, C), class (N, C), keep mask (N, C)
-    with C = sum over levels of min(topk, M_l * K).
+    cls_logits (N, M, K) -> flat candidates: image index (C,), anchor index (C,), class (C,), score (C,).
+    Thresholding comes first (on logits: sigmoid is monotonic), and the top-k sort runs
+    only on a level where some image has more than ``topk`` candidates, as torchvision
+    does; a sort over all M_l * K scores of P3 would otherwise dominate the latency.
     """
     n, _, k = cls_logits.shape
-    scores, anchor_idx, labels = [], [], []
+    p = min(max(score_thresh, 1e-12), 1 - 1e-7)
+    logit_thresh = math.log(p / (1 - p))
+    images, anchors, labels, scores = [], [], [], []
     start = 0
     for count in level_counts:
         logits = cls_logits[:, start : start + count].reshape(n, -1)  # (N, M_l*K)
-        top_logits, flat = logits.topk(min(topk, logits.shape[1]), dim=1)  # (N, k_l); sigmoid is monotonic
-        scores.append(torch.sigmoid(top_logits))
-        anchor_idx.append(flat // k + start)
+        above = logits > logit_thresh
+        if int(above.sum(dim=1).max()) > topk:
+            top, flat = logits.topk(topk, dim=1)  # (N, topk)
+            keep = top > logit_thresh
+            img = torch.arange(n, device=logits.device)[:, None].expand_as(flat)[keep]
+            flat, top = flat[keep], top[keep]
+        else:
+            img, flat = above.nonzero(as_tuple=True)
+            top = logits[img, flat]
+        images.append(img)
+        anchors.append(flat // k + start)
         labels.append(flat % k)
+        scores.append(torch.sigmoid(top))
         start += count
-    scores_t = torch.cat(scores, 1)
-    return scores_t, torch.cat(anchor_idx, 1), torch.cat(labels, 1), scores_t > score_thresh
+    return torch.cat(images), torch.cat(anchors), torch.cat(labels), torch.cat(scores)
 
 
 def postprocess(
@@ -68,12 +81,8 @@ def postprocess(
     Without them, boxes stay in input pixels.
     """
     n = cls_logits.shape[0]
-    scores, anchor_idx, labels, keep = select_candidates(cls_logits, level_counts, cfg.topk, cfg.score_thresh)
-    deltas = torch.gather(box_deltas, 1, anchor_idx[..., None].expand(-1, -1, 4))  # (N, C, 4)
-    boxes = box_coder.decode(deltas.float(), anchors[anchor_idx])  # (N, C, 4)
-
-    image_idx = torch.arange(n, device=scores.device)[:, None].expand_as(scores)
-    boxes, scores, labels, image_idx = boxes[keep], scores[keep], labels[keep], image_idx[keep]  # (D, ...)
+    image_idx, anchor_idx, labels, scores = select_candidates(cls_logits, level_counts, cfg.topk, cfg.score_thresh)
+    boxes = box_coder.decode(box_deltas[image_idx, anchor_idx].float(), anchors[anchor_idx])  # (C, 4)
     num_classes = cls_logits.shape[2]
     kept = batched_nms(boxes, scores, image_idx * num_classes + labels, cfg.nms_iou)  # sorted by score
     boxes, scores, labels, image_idx = boxes[kept], scores[kept], labels[kept], image_idx[kept]
