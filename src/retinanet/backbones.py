@@ -283,6 +283,9 @@ def build_backbone(cfg: BackboneConfig) -> Backbone:
         if not any(k.startswith("features.") for k in state):
             # Also accept a bare features state dict (keys "0.0.weight", ...).
             state = {f"features.{k}": v for k, v in state.items()}
+        # Only the features become the backbone; a classifier head pretrained on other
+        # classes than ImageNet's 1000 (`retinanet pretrain` output) would not fit.
+        state = {k: v for k, v in state.items() if k.startswith("features.")}
         try:
             missing, unexpected = classifier.load_state_dict(state, strict=False)
         except RuntimeError as e:

@@ -11,6 +11,7 @@ import sys
 COMMANDS: dict[str, tuple[str, str]] = {
     "predict": ("retinanet.predict", "run a model on images and print / draw the detections"),
     "weights": ("retinanet.weights_cmd", "install and verify the offline ImageNet MobileNetV2 weights"),
+    "pretrain": ("retinanet.pretrain", "pretrain a MobileNet backbone as an image classifier (ImageNet-style folders)"),
 }
 
 
