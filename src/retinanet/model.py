@@ -73,6 +73,21 @@ class RetinaNet(nn.Module):
     def num_classes(self) -> int:
         return self.cfg.num_classes
 
+    def freeze_backbone(self, frozen: bool = True) -> None:
+        """Stop (or restart) training the backbone: its weights get no gradients and its
+        batch norm keeps its ImageNet statistics. Stages frozen by the config stay frozen."""
+        self.backbone_frozen = frozen
+        for i, stage in enumerate(self.backbone.stages):
+            for p in stage.parameters():
+                p.requires_grad_(not frozen and i >= self.cfg.backbone.freeze_stages)
+        self.train(self.training)
+
+    def train(self, mode: bool = True) -> RetinaNet:
+        super().train(mode)
+        if mode and getattr(self, "backbone_frozen", False):
+            self.backbone.eval()
+        return self
+
     def forward(self, images: Tensor) -> tuple[Tensor, Tensor]:
         """images (N, 3, H, W) RGB in [0, 1] -> cls logits (N, M, K), box deltas (N, M, 4)."""
         x = ((images - self.mean) / self.std).contiguous(memory_format=torch.channels_last)
