@@ -95,3 +95,13 @@ def test_running_normaliser():
     b = loss(cls, box, anchors, gt_boxes2, gt_labels2)
     assert b["num_fg"].item() == 2 and loss.fg_running.item() == 1.5
     assert a["cls"] > 0 and b["cls"] > 0
+
+
+def test_batch_without_any_box_slot():
+    anchors, _, _ = _setup()
+    cls = torch.randn(2, 4, 3, requires_grad=True)
+    out = _loss()(cls, torch.zeros(2, 4, 4), anchors, torch.zeros(2, 0, 4), torch.zeros(2, 0, dtype=torch.long))
+    x = cls.detach().float()
+    expected = (0.75 * torch.sigmoid(x) ** 2 * F.softplus(x)).sum()  # every anchor a negative, normaliser 1
+    torch.testing.assert_close(out["cls"], expected)
+    assert out["box"].item() == 0.0

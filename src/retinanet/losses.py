@@ -14,7 +14,7 @@ from torchvision.ops import generalized_box_iou_loss
 
 from .boxes import BoxCoder, batched_box_ioa, batched_box_iou
 from .config import LossConfig
-from .matcher import BACKGROUND, CROWD_LABEL, IGNORE, Matcher
+from .matcher import BACKGROUND, CROWD_LABEL, IGNORE, PAD_LABEL, Matcher
 
 
 def sigmoid_focal_loss(logits: Tensor, matches_label: Tensor, alpha: float = 0.25, gamma: float = 2.0) -> Tensor:
@@ -90,6 +90,9 @@ class DetectionLoss(nn.Module):
         """cls_logits (N, M, K), box_deltas (N, M, 4), anchors (M, 4),
         gt_boxes (N, G, 4) xyxy pixels, gt_labels (N, G) long (PAD_LABEL / CROWD_LABEL allowed).
         Returns {'loss', 'cls', 'box', 'num_fg'}."""
+        if gt_labels.shape[1] == 0:  # no boxes in the whole batch: one padding slot keeps gathers valid
+            gt_boxes = gt_boxes.new_zeros(gt_boxes.shape[0], 1, 4)
+            gt_labels = gt_labels.new_full((gt_labels.shape[0], 1), PAD_LABEL)
         with torch.no_grad():
             matches = self.match(anchors, gt_boxes.float(), gt_labels)  # (N, M)
             fg = matches >= 0
