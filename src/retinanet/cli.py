@@ -9,6 +9,7 @@ import sys
 
 # command -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
+    "train": ("retinanet.train", "fine-tune a detector (default: on the built-in synthetic shapes)"),
     "predict": ("retinanet.predict", "run a model on images and print / draw the detections"),
     "weights": ("retinanet.weights_cmd", "install and verify the offline ImageNet MobileNetV2 weights"),
     "pretrain": ("retinanet.pretrain", "pretrain a MobileNet backbone as an image classifier (ImageNet-style folders)"),

@@ -415,7 +415,7 @@ class Trainer:
             n = batch.images.shape[0]
             seen += n
             for k in sums:
-                sums[k] += float(losses[k]) * n
+                sums[k] += float(losses[k].detach()) * n
             rate = seen * self.dist.world_size / (time.perf_counter() - start)
             bar.set_postfix(
                 loss=f"{sums['loss'] / seen:.3f}",
