@@ -32,6 +32,8 @@ class Record:
     areas: np.ndarray | None = None
     """(G,) float areas for COCO evaluation's size buckets when the source gives them
     (COCO json: segmentation area); None means box area."""
+    annotation_path: Path | None = None
+    """The file this record's boxes were read from (xml / txt / json), for error messages."""
 
     def __post_init__(self) -> None:
         self.image_path = Path(self.image_path)
@@ -55,6 +57,9 @@ class DetectionDataset:
     root: Path | None = None
     format: str = ""
     """'coco', 'voc', 'yolo' or 'synthetic'."""
+    report: Any = None
+    """``retinanet.data.check.DataReport`` of the validation that produced this dataset
+    (problems found, what was clipped or dropped, statistics); None when not checked."""
 
     def __post_init__(self) -> None:
         if self.category_ids is None:

@@ -1,0 +1,284 @@
+"""Pascal VOC xml: reader and writer, plus split lists (ImageSets txt or a csv).
+
+Pixel convention: VOC corners are 1-based pixel *indices*, both ends inclusive (the
+original devkit's convention: a box covering a whole W-wide image is xmin=1, xmax=W).
+In the library's continuous pixel coordinates that box is [0, W]. So
+
+    read:  x1 = xmin - 1,   y1 = ymin - 1,   x2 = xmax,   y2 = ymax
+    write: xmin = round(x1) + 1,  ymin = round(y1) + 1,  xmax = round(x2),  ymax = round(y2)
+
+(Detectron2 reads VOC the same way.) Integer files round-trip exactly; non-integer
+boxes (from COCO or YOLO) are rounded to whole pixels when written, which moves each
+corner by at most half a pixel. ``difficult`` objects become ``ignore=True``.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from .check import DataError, DataReport
+from .dataset import DetectionDataset, Record
+from .images import IMAGE_SUFFIXES, image_info, place_image, unique_file_names
+
+VOC_ORIGIN = 1  # VOC pixel indices start at 1
+CORNERS = ("xmin", "ymin", "xmax", "ymax")
+# Column naming the image in a split csv: TF Object Detection API csvs (raccoon) use 'filename'.
+CSV_FILE_COLUMNS = ("filename", "file_name", "image", "image_path", "path")
+
+
+@dataclass
+class VocObject:
+    name: str
+    difficult: bool
+    corners: tuple[float, float, float, float]
+    """xmin, ymin, xmax, ymax as written in the file (1-based, inclusive)."""
+
+
+@dataclass
+class VocFile:
+    path: Path
+    filename: str
+    width: int
+    height: int
+    objects: list[VocObject] = field(default_factory=list)
+
+
+def _text(node: ET.Element | None, tag: str) -> str | None:
+    child = node.find(tag) if node is not None else None
+    return child.text.strip() if child is not None and child.text is not None else None
+
+
+def parse_voc_xml(path: Path, report: DataReport) -> VocFile | None:
+    """One annotation file; None (with an error in ``report``) when it cannot be used."""
+    try:
+        root = ET.parse(path).getroot()
+    except ET.ParseError as e:
+        report.error("malformed annotation", path, f"not well-formed XML ({e})")
+        return None
+    except OSError as e:
+        report.error("malformed annotation", path, f"cannot read ({e})")
+        return None
+    if root.tag != "annotation":
+        report.error("malformed annotation", path, f"root element is <{root.tag}>, expected <annotation>")
+        return None
+    filename = _text(root, "filename") or ""
+    size = root.find("size")
+    try:
+        width, height = int(float(_text(size, "width") or 0)), int(float(_text(size, "height") or 0))
+    except ValueError:
+        report.warning("malformed annotation", path, "<size> is not numeric; using the image's own size")
+        width = height = 0
+    vf = VocFile(path, filename, width, height)
+    for k, obj in enumerate(root.iter("object")):
+        name = _text(obj, "name")
+        if not name:
+            report.error("malformed annotation", path, f"object {k} has no <name>")
+            continue
+        bnd = obj.find("bndbox")
+        if bnd is None:
+            report.error("malformed annotation", path, f"object {k} ({name}) has no <bndbox>")
+            continue
+        values = [_text(bnd, c) for c in CORNERS]
+        try:
+            corners = tuple(float(v) for v in values)  # type: ignore[arg-type]
+        except (TypeError, ValueError):
+            shown = ", ".join(f"{c}={v!r}" for c, v in zip(CORNERS, values))
+            report.error("malformed annotation", path, f"object {k} ({name}): <bndbox> needs 4 numbers, got {shown}")
+            continue
+        try:
+            difficult = bool(int(float(_text(obj, "difficult") or 0)))
+        except ValueError:
+            report.warning("malformed annotation", path, f"object {k} ({name}): <difficult> is not 0/1; taken as 0")
+            difficult = False
+        vf.objects.append(VocObject(name, difficult, corners))  # type: ignore[arg-type]
+    return vf
+
+
+def read_split_list(path: str | Path) -> list[str]:
+    """Image keys of a split: an ImageSets-style txt (one id per line; extra columns such
+    as VOC's per-class '-1' are ignored) or a csv with a 'filename' column (one row per box
+    in TF Object Detection API csvs; repeated names count once)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: split list not found")
+    keys: list[str] = []
+    if path.suffix.lower() == ".csv":
+        with open(path, newline="", encoding="utf-8") as f:
+            reader = csv.DictReader(f)
+            column = next((c for c in CSV_FILE_COLUMNS if c in (reader.fieldnames or [])), None)
+            if column is None:
+                raise DataError(
+                    f"{path}: no column naming the image (one of {', '.join(CSV_FILE_COLUMNS)}); "
+                    f"columns are {reader.fieldnames}"
+                )
+            keys = [row[column].strip() for row in reader if row.get(column)]
+    else:
+        for line in path.read_text(encoding="utf-8").splitlines():
+            line = line.strip()
+            if line and not line.startswith("#"):
+                keys.append(line.split()[0])
+    return list(dict.fromkeys(keys))
+
+
+def guess_images_dir(ann_dir: Path, probe: list[str]) -> Path:
+    """JPEGImages (the devkit), images, the annotation folder itself, or its parent."""
+    root = ann_dir.parent
+    candidates = [root / "JPEGImages", root / "images", ann_dir, root]
+    for c in candidates:
+        if probe and any((c / f).is_file() for f in probe):
+            return c
+    return next((c for c in candidates if c.is_dir() and c != ann_dir), root)
+
+
+def _find_image(images_dir: Path, vf: VocFile) -> Path:
+    """images_dir/<filename>; failing that, a file with the same stem and an image suffix
+    (tools disagree on whether <filename> carries the extension)."""
+    if vf.filename and (images_dir / vf.filename).is_file():
+        return images_dir / vf.filename
+    stem = Path(vf.filename).stem if vf.filename else vf.path.stem
+    for suffix in IMAGE_SUFFIXES + tuple(s.upper() for s in IMAGE_SUFFIXES):
+        if (images_dir / (stem + suffix)).is_file():
+            return images_dir / (stem + suffix)
+    return images_dir / (vf.filename or stem + ".jpg")  # missing: validation reports it
+
+
+def read_voc(
+    ann_dir: str | Path,
+    images_dir: str | Path | None = None,
+    class_names: list[str] | None = None,
+    split_list: str | Path | None = None,
+    report: DataReport | None = None,
+    progress: bool = True,
+) -> DetectionDataset:
+    """Read every ``*.xml`` in ``ann_dir`` (or only those a split list names).
+
+    Image ids are the position in the sorted list of all annotation files, so an image
+    keeps its id whichever split it is loaded in. Without ``class_names`` the classes
+    are the sorted names found in all the folder's files (not just the split's), so
+    train and test splits get the same labels.
+    """
+    ann_dir = Path(ann_dir)
+    report = report if report is not None else DataReport(source=str(ann_dir))
+    if not ann_dir.is_dir():
+        raise FileNotFoundError(f"{ann_dir}: annotation folder not found")
+    xml_files = sorted(p for p in ann_dir.iterdir() if p.suffix.lower() == ".xml")
+    if not xml_files:
+        raise DataError(f"{ann_dir}: no .xml annotation files")
+    parsed: list[VocFile | None] = [
+        parse_voc_xml(p, report) for p in tqdm(xml_files, desc="reading VOC xml", unit="file", disable=not progress, leave=False)
+    ]
+    names = list(class_names) if class_names is not None else sorted({o.name for vf in parsed if vf for o in vf.objects})
+    label_of = {n: k for k, n in enumerate(names)}
+    images_dir = Path(images_dir) if images_dir is not None else guess_images_dir(
+        ann_dir, [vf.filename for vf in parsed if vf and vf.filename][:5]
+    )
+
+    selected = list(range(len(xml_files)))
+    if split_list is not None:
+        index: dict[str, int] = {}
+        for i, (p, vf) in enumerate(zip(xml_files, parsed)):
+            index.setdefault(p.stem, i)
+            if vf and vf.filename:
+                index.setdefault(Path(vf.filename).stem, i)
+        selected = []
+        for key in read_split_list(split_list):
+            i = index.get(Path(key).stem)
+            if i is None:
+                report.error("missing annotation", split_list, f"{key} is listed but {ann_dir} has no {Path(key).stem}.xml")
+            else:
+                selected.append(i)
+        selected = sorted(set(selected))
+
+    records = []
+    for i in selected:
+        vf = parsed[i]
+        if vf is None:
+            continue  # reported by parse_voc_xml
+        path = _find_image(images_dir, vf)
+        width, height = vf.width, vf.height
+        if width <= 0 or height <= 0:
+            try:  # some tools write <width>0</width>: take the size from the image header
+                info = image_info(path)
+                width, height = info.width, info.height
+            except ValueError:
+                width = height = 0  # validation reports the unreadable image
+        boxes, labels, ignore = [], [], []
+        for k, o in enumerate(vf.objects):
+            if o.name not in label_of:
+                report.error("unknown class", vf.path, f"object {k}: class {o.name!r} is not in class_names {names}")
+                continue
+            xmin, ymin, xmax, ymax = o.corners
+            boxes.append([xmin - VOC_ORIGIN, ymin - VOC_ORIGIN, xmax, ymax])
+            labels.append(label_of[o.name])
+            ignore.append(o.difficult)
+        records.append(
+            Record(path, i, width, height, np.array(boxes, np.float64).reshape(-1, 4), labels, ignore, annotation_path=vf.path)
+        )
+    return DetectionDataset(records, names, None, images_dir, "voc")
+
+
+def _round_half_up(v: float) -> int:
+    return int(math.floor(v + 0.5))
+
+
+def voc_corners(box: list[float]) -> tuple[int, int, int, int]:
+    """Library xyxy (continuous) -> VOC 1-based inclusive integer corners; never empty."""
+    x1, y1, x2, y2 = box
+    xmin, ymin = _round_half_up(x1) + VOC_ORIGIN, _round_half_up(y1) + VOC_ORIGIN
+    # A box thinner than a pixel could round to xmax < xmin: keep it one pixel wide.
+    return xmin, ymin, max(_round_half_up(x2), xmin), max(_round_half_up(y2), ymin)
+
+
+def voc_xml(record: Record, file_name: str, class_names: list[str]) -> ET.ElementTree:
+    root = ET.Element("annotation")
+    ET.SubElement(root, "folder").text = "JPEGImages"
+    ET.SubElement(root, "filename").text = file_name
+    size = ET.SubElement(root, "size")
+    ET.SubElement(size, "width").text = str(record.width)
+    ET.SubElement(size, "height").text = str(record.height)
+    ET.SubElement(size, "depth").text = "3"
+    ET.SubElement(root, "segmented").text = "0"
+    for box, label, ign in zip(record.boxes.tolist(), record.labels.tolist(), record.ignore.tolist()):
+        obj = ET.SubElement(root, "object")
+        ET.SubElement(obj, "name").text = class_names[label]
+        ET.SubElement(obj, "pose").text = "Unspecified"
+        ET.SubElement(obj, "truncated").text = "0"
+        ET.SubElement(obj, "difficult").text = str(int(ign))
+        bnd = ET.SubElement(obj, "bndbox")
+        for tag, v in zip(CORNERS, voc_corners(box)):
+            ET.SubElement(bnd, tag).text = str(v)
+    tree = ET.ElementTree(root)
+    ET.indent(tree, "\t")
+    return tree
+
+
+def write_voc(
+    dataset: DetectionDataset,
+    out: str | Path,
+    split: str = "train",
+    copy_images: bool = False,
+    image_names: dict[Path, str] | None = None,
+) -> Path:
+    """Write ``out/Annotations/<stem>.xml``, ``out/JPEGImages/<image>`` (symlinks unless
+    ``copy_images``) and the split list ``out/ImageSets/Main/<split>.txt`` (returned)."""
+    out = Path(out)
+    if image_names is None:
+        image_names = dict(zip((r.image_path for r in dataset.records), unique_file_names([r.image_path for r in dataset.records])))
+    (out / "Annotations").mkdir(parents=True, exist_ok=True)
+    stems = []
+    for r in dataset.records:
+        name = image_names[r.image_path]
+        place_image(r.image_path, out / "JPEGImages" / name, copy_images)
+        voc_xml(r, name, dataset.class_names).write(out / "Annotations" / f"{Path(name).stem}.xml", encoding="unicode")
+        stems.append(Path(name).stem)
+    list_path = out / "ImageSets" / "Main" / f"{split}.txt"
+    list_path.parent.mkdir(parents=True, exist_ok=True)
+    list_path.write_text("".join(s + "\n" for s in stems))
+    return list_path
