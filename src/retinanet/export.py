@@ -1,0 +1,474 @@
+"""ONNX export: one graph from a decoded uint8 image to final detections, NMS inside.
+
+The exported graph, end to end:
+
+    images uint8 (N, H, W, 3) RGB, any H and W (all images of one batch share them)
+      -> letterbox (hand-built ONNX: Resize with antialias, pad bottom/right)
+      -> network (backbone, FPN, head; each level's batch norm folded into its own conv copy)
+      -> per-level top-k of class logits, sigmoid, box decoding against constant anchors
+      -> class-aware NMS (ONNX NonMaxSuppression), best ``max_detections`` per image
+      -> boxes divided by the letterbox scale and clipped to the image
+    outputs: boxes (N, D, 4) float xyxy image pixels, scores (N, D), labels (N, D) int64
+             (PAD_LABEL past the count), num_detections (N,) int64
+
+``score_threshold`` and ``iou_threshold`` are optional inputs (shape (1,), defaulting to
+the model's values), so a runtime can change them without re-exporting. The class names,
+category ids, input size and thresholds travel in the model's metadata_props.
+
+Exporter choice: torch.onnx's dynamo exporter (torch.export + onnxscript), the default in
+torch 2.14. NMS is a torch custom op (``retinanet::nms``) whose eager implementation
+follows the ONNX NonMaxSuppression contract and which the exporter translates to that
+op. Antialiased resizing with sizes computed from the input shape does not survive
+torch.export, so the letterbox is written directly in ONNX and joined in front of the
+network with onnx.compose; with ``exclude_outside=1`` ORT's antialiased Resize matches
+torch's ``interpolate(antialias=True)`` to 1e-6.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable
+
+import onnx
+import torch
+from onnx import TensorProto
+from onnx import helper as oh
+from torch import Tensor, nn
+from torch.nn.utils.fusion import fuse_conv_bn_eval
+from torchvision.ops import batched_nms
+
+from .boxes import BoxCoder
+from .config import PostprocessConfig
+
+EXPORT_FORMAT = "retinanet-mobilenet-onnx/1"
+OPSET = 18  # Resize's antialias attribute needs opset 18
+PAD_LABEL = -1  # label of the padding rows past num_detections
+
+INPUT_NAME = "images"
+OUTPUT_NAMES = ("boxes", "scores", "labels", "num_detections")
+SCORE_INPUT = "score_threshold"
+IOU_INPUT = "iou_threshold"
+
+
+@dataclass
+class ExportConfig:
+    """Options of `retinanet export`; None means the model's own value."""
+
+    input_size: int | None = None
+    """Square side the graph letterboxes to (default: the model's input_size)."""
+    score_thresh: float | None = None
+    """Default of the graph's score_threshold input."""
+    nms_iou: float | None = None
+    """Default of the graph's iou_threshold input."""
+    max_detections: int | None = None
+    """Rows of the padded outputs (detections kept per image)."""
+    topk: int | None = None
+    """Candidates kept per pyramid level before NMS."""
+    fold_bn: bool = True
+    """Fold each level's batch norm of the head into a per-level copy of its conv (speed)."""
+    opset: int = OPSET
+    """ONNX opset (18 or newer: antialiased Resize)."""
+    check: bool = True
+    """Run onnx.checker on the result."""
+
+
+# ----------------------------------------------------------------------------- NMS op
+
+
+@torch.library.custom_op("retinanet::nms", mutates_args=())
+def onnx_nms(boxes: Tensor, scores: Tensor, max_per_class: int, iou_threshold: Tensor, score_threshold: Tensor) -> Tensor:
+    """ONNX NonMaxSuppression, in torch: boxes (N, C, 4) xyxy, scores (N, K, C).
+
+    Returns selected (S, 3) int64 rows [image, class, box]: per image and class the boxes
+    with score > score_threshold that survive greedy NMS at iou_threshold, at most
+    max_per_class of them, best first.
+    """
+    rows = []
+    for i in range(boxes.shape[0]):
+        cls, idx = (scores[i] > score_threshold).nonzero(as_tuple=True)  # (P,), (P,)
+        s = scores[i, cls, idx]
+        kept = batched_nms(boxes[i, idx].float(), s.float(), cls, float(iou_threshold))  # sorted by score
+        cls, idx = cls[kept], idx[kept]
+        # At most max_per_class per class: rank of each kept box within its class.
+        same = cls[:, None] == cls[None, :]  # (P', P')
+        rank = torch.tril(same.long(), diagonal=-1).sum(1)
+        sel = rank < max_per_class
+        rows.append(torch.stack([torch.full_like(idx[sel], i), cls[sel], idx[sel]], dim=1))
+    if not rows:
+        return torch.zeros(0, 3, dtype=torch.int64, device=boxes.device)
+    return torch.cat(rows).to(torch.int64)
+
+
+@onnx_nms.register_fake
+def _(boxes, scores, max_per_class, iou_threshold, score_threshold):
+    n = torch.library.get_ctx().new_dynamic_size()
+    return boxes.new_empty((n, 3), dtype=torch.int64)
+
+
+def _nms_to_onnx(boxes, scores, max_per_class: int, iou_threshold, score_threshold):
+    from onnxscript import opset18 as op
+
+    return op.NonMaxSuppression(
+        boxes, scores, op.Constant(value_ints=[max_per_class]), iou_threshold, score_threshold, center_point_box=0
+    )
+
+
+# ----------------------------------------------------------------------------- BN folding
+
+
+class _FoldedTower(nn.Module):
+    """A head tower with each level's batch norm folded into that level's own copy of the
+    conv before it. The trained head shares conv weights across levels but keeps a BN
+    per level, so no runtime can fold it: the folded copies differ per level."""
+
+    def __init__(self, tower: nn.Module, num_levels: int):
+        super().__init__()
+        self.levels = nn.ModuleList()
+        for level in range(num_levels):
+            layers: list[nn.Module] = []
+            for i, conv in enumerate(tower.convs):
+                bn = tower.norms[i][level]
+                if isinstance(conv, nn.Sequential):  # lite: depthwise (shared), pointwise (+ BN folded)
+                    *rest, last = list(conv)
+                    layers += [*rest, fuse_conv_bn_eval(copy.deepcopy(last), bn)]
+                else:
+                    layers.append(fuse_conv_bn_eval(copy.deepcopy(conv), bn))
+                layers.append(copy.deepcopy(tower.act))
+            self.levels.append(nn.Sequential(*layers))
+
+    def forward(self, x: Tensor, level: int) -> Tensor:
+        return self.levels[level](x)
+
+
+class FoldedHead(nn.Module):
+    """RetinaHead for inference: same outputs, batch norms folded per level (eval mode)."""
+
+    def __init__(self, head: nn.Module, num_levels: int):
+        super().__init__()
+        self.num_classes = head.num_classes
+        self.cls_tower = _FoldedTower(head.cls_tower, num_levels)
+        self.box_tower = _FoldedTower(head.box_tower, num_levels)
+        self.cls_pred, self.box_pred = head.cls_pred, head.box_pred
+
+    def forward(self, feats: list[Tensor]) -> tuple[Tensor, Tensor]:
+        n = feats[0].shape[0]
+        cls_out, box_out = [], []
+        for level, f in enumerate(feats):
+            c = self.cls_pred(self.cls_tower(f, level))  # (N, A*K, H, W)
+            b = self.box_pred(self.box_tower(f, level))  # (N, A*4, H, W)
+            # (N, A*K, H, W) -> (N, H, W, A*K) -> (N, H*W*A, K)
+            cls_out.append(c.permute(0, 2, 3, 1).reshape(n, -1, self.num_classes))
+            box_out.append(b.permute(0, 2, 3, 1).reshape(n, -1, 4))
+        return torch.cat(cls_out, dim=1), torch.cat(box_out, dim=1)
+
+
+def inference_head(model: nn.Module, fold_bn: bool = True) -> nn.Module:
+    """The model's head, with per-level batch norms folded when it has them."""
+    head = model.head
+    if fold_bn and getattr(head.cls_tower, "norm", None) == "bn":
+        return FoldedHead(head, model.fpn.num_levels).eval()
+    return head
+
+
+# ----------------------------------------------------------------------------- torch part
+
+
+def level_topk(cls_logits: Tensor, level_counts: list[int], topk: int) -> tuple[Tensor, Tensor, Tensor]:
+    """The ``topk`` best (anchor, class) pairs of every level, with static shapes.
+
+    cls_logits (N, M, K) -> scores (N, C), anchor index (N, C), class (N, C), C = sum_l
+    min(topk, M_l * K). postprocess.select_candidates thresholds first and sorts only
+    crowded levels, which needs data-dependent shapes; taking the top-k first and leaving
+    the threshold to NMS's score_threshold keeps the same candidates (those above the
+    threshold among each level's best topk).
+    """
+    n, _, k = cls_logits.shape
+    scores, anchor_idx, labels = [], [], []
+    start = 0
+    for count in level_counts:
+        logits = cls_logits[:, start : start + count].reshape(n, -1)  # (N, M_l*K)
+        top, flat = logits.topk(min(topk, count * k), dim=1)  # (N, k_l); sigmoid is monotonic
+        scores.append(torch.sigmoid(top))
+        anchor_idx.append(flat // k + start)
+        labels.append(flat % k)
+        start += count
+    return torch.cat(scores, 1), torch.cat(anchor_idx, 1), torch.cat(labels, 1)
+
+
+class DetectionGraph(nn.Module):
+    """Letterboxed image -> final detections, with fixed-size padded outputs.
+
+    forward(x (N, 3, S, S) float in [0, 1], scale (1,), limits (4,) = [W, H, W, H],
+    score_threshold (1,), iou_threshold (1,)) -> boxes (N, D, 4), scores (N, D),
+    labels (N, D), num_detections (N,). The same code runs eagerly and is exported.
+    """
+
+    def __init__(self, model: nn.Module, input_size: int, post: PostprocessConfig, fold_bn: bool = True):
+        super().__init__()
+        self.backbone, self.fpn = model.backbone, model.fpn
+        self.head = inference_head(model, fold_bn)
+        self.num_classes = model.num_classes
+        self.post = post
+        self.box_coder = BoxCoder(model.box_coder.weights, model.box_coder.clamp)
+        anchors, counts = model.anchor_generator((input_size, input_size), device="cpu")
+        self.register_buffer("anchors", anchors.clone(), persistent=False)  # (M, 4)
+        self.level_counts = list(counts)
+        self.register_buffer("mean", model.mean.clone(), persistent=False)
+        self.register_buffer("std", model.std.clone(), persistent=False)
+
+    def forward(
+        self, x: Tensor, scale: Tensor, limits: Tensor, score_threshold: Tensor, iou_threshold: Tensor
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        n = x.shape[0]
+        cls_logits, box_deltas = self.head(self.fpn(self.backbone((x - self.mean) / self.std)))
+        scores, anchor_idx, labels = level_topk(cls_logits, self.level_counts, self.post.topk)  # (N, C) each
+        deltas = torch.gather(box_deltas, 1, anchor_idx[..., None].expand(-1, -1, 4))  # (N, C, 4)
+        boxes = self.box_coder.decode(deltas, self.anchors[anchor_idx])  # (N, C, 4)
+
+        # Class-aware NMS with ONNX's class axis: candidate c of class k scores only in row k.
+        # (N, C) -> one-hot (N, C, K) -> (N, K, C)
+        per_class = (nn.functional.one_hot(labels, self.num_classes) * scores[..., None]).permute(0, 2, 1)
+        d = min(self.post.max_detections, scores.shape[1])
+        selected = onnx_nms(boxes, per_class, d, iou_threshold, score_threshold)  # (S, 3) [image, class, box]
+
+        # Best d survivors per image, without trusting the NMS output order: mark the
+        # survivors in a dense (N, C) score map (others -1) and take its top d.
+        kept = torch.full_like(scores, -1.0)
+        kept = kept.index_put((selected[:, 0], selected[:, 2]), scores[selected[:, 0], selected[:, 2]])
+        top_scores, top_idx = kept.topk(d, dim=1)  # (N, D), best first
+        valid = top_scores >= 0  # (N, D)
+        out_boxes = torch.gather(boxes, 1, top_idx[..., None].expand(-1, -1, 4)) / scale  # (N, D, 4)
+        out_boxes = torch.minimum(out_boxes.clamp(min=0), limits) * valid[..., None]
+        out_scores = top_scores * valid
+        out_labels = torch.where(valid, torch.gather(labels, 1, top_idx), PAD_LABEL)
+        return out_boxes, out_scores, out_labels, valid.sum(1)
+
+
+# ----------------------------------------------------------------------------- ONNX letterbox
+
+
+def letterbox_graph(size: int, opset: int = OPSET, ir_version: int | None = None) -> onnx.ModelProto:
+    """images uint8 (N, H, W, 3) -> x (N, 3, size, size) float in [0, 1], scale (1,), limits (4,).
+
+    Mirrors preprocess.letterbox: scale = size / max(H, W), resize to round(H * scale) x
+    round(W * scale) (antialiased bilinear, half-pixel centres, edge weights renormalised
+    as torch does), pad bottom/right with zeros.
+    """
+    f = TensorProto.FLOAT
+    i64 = TensorProto.INT64
+
+    def const(name: str, value, dtype=f) -> onnx.NodeProto:
+        vals = value if isinstance(value, (list, tuple)) else [value]
+        return oh.make_node("Constant", [], [name], value=oh.make_tensor(name, dtype, [len(vals)], vals))
+
+    nodes = [
+        const("c_size", float(size)),
+        const("c_size_i", size, i64),
+        const("c_one", 1.0),
+        const("c_255", 255.0),
+        const("c_zero_f", 0.0),
+        const("c_three", 3, i64),
+        const("c_i0", 0, i64),
+        const("c_i1", 1, i64),
+        const("c_i2", 2, i64),
+        const("c_i3", 3, i64),
+        oh.make_node("Shape", [INPUT_NAME], ["shape"]),  # (4,) N, H, W, 3
+        oh.make_node("Slice", ["shape", "c_i0", "c_i1"], ["n"]),
+        oh.make_node("Slice", ["shape", "c_i1", "c_i2"], ["h"]),
+        oh.make_node("Slice", ["shape", "c_i2", "c_i3"], ["w"]),
+        oh.make_node("Cast", ["h"], ["hf"], to=f),
+        oh.make_node("Cast", ["w"], ["wf"], to=f),
+        oh.make_node("Max", ["hf", "wf"], ["longest"]),
+        oh.make_node("Div", ["c_size", "longest"], ["scale"]),
+        # round(H * size / max): Round is half-to-even like Python's round().
+        oh.make_node("Mul", ["hf", "c_size"], ["h_s"]),
+        oh.make_node("Div", ["h_s", "longest"], ["h_r"]),
+        oh.make_node("Round", ["h_r"], ["h_rr"]),
+        oh.make_node("Max", ["h_rr", "c_one"], ["h_new_f"]),
+        oh.make_node("Cast", ["h_new_f"], ["h_new"], to=i64),
+        oh.make_node("Mul", ["wf", "c_size"], ["w_s"]),
+        oh.make_node("Div", ["w_s", "longest"], ["w_r"]),
+        oh.make_node("Round", ["w_r"], ["w_rr"]),
+        oh.make_node("Max", ["w_rr", "c_one"], ["w_new_f"]),
+        oh.make_node("Cast", ["w_new_f"], ["w_new"], to=i64),
+        oh.make_node("Concat", ["n", "c_three", "h_new", "w_new"], ["sizes"], axis=0),
+        # (N, H, W, 3) uint8 -> (N, 3, H, W) float in [0, 1]
+        oh.make_node("Cast", [INPUT_NAME], ["img_f"], to=f),
+        oh.make_node("Transpose", ["img_f"], ["img_nchw"], perm=[0, 3, 1, 2]),
+        oh.make_node("Div", ["img_nchw", "c_255"], ["img_01"]),
+        oh.make_node(
+            "Resize",
+            ["img_01", "", "", "sizes"],
+            ["resized"],
+            mode="linear",
+            antialias=1,
+            exclude_outside=1,
+            coordinate_transformation_mode="half_pixel",
+        ),
+        oh.make_node("Clip", ["resized", "c_zero_f", "c_one"], ["clipped"]),
+        oh.make_node("Sub", ["c_size_i", "h_new"], ["pad_h"]),
+        oh.make_node("Sub", ["c_size_i", "w_new"], ["pad_w"]),
+        const("c_pad_head", [0, 0, 0, 0, 0, 0], i64),
+        oh.make_node("Concat", ["c_pad_head", "pad_h", "pad_w"], ["pads"], axis=0),  # begins then ends
+        oh.make_node("Pad", ["clipped", "pads", "c_zero_f"], ["x"], mode="constant"),
+        oh.make_node("Concat", ["wf", "hf", "wf", "hf"], ["limits"], axis=0),
+    ]
+    graph = oh.make_graph(
+        nodes,
+        "letterbox",
+        [oh.make_tensor_value_info(INPUT_NAME, TensorProto.UINT8, ["batch", "height", "width", 3])],
+        [
+            oh.make_tensor_value_info("x", f, ["batch", 3, size, size]),
+            oh.make_tensor_value_info("scale", f, [1]),
+            oh.make_tensor_value_info("limits", f, [4]),
+        ],
+    )
+    model = oh.make_model(graph, opset_imports=[oh.make_opsetid("", opset)])
+    if ir_version is not None:
+        model.ir_version = ir_version
+    return model
+
+
+# ----------------------------------------------------------------------------- export
+
+
+def _resolve_post(model: nn.Module, cfg: ExportConfig) -> PostprocessConfig:
+    post = copy.deepcopy(model.cfg.postprocess)
+    for name, attr in (("score_thresh", "score_thresh"), ("nms_iou", "nms_iou"), ("max_detections", "max_detections"), ("topk", "topk")):
+        value = getattr(cfg, name)
+        if value is not None:
+            setattr(post, attr, value)
+    if not 0 <= post.score_thresh < 1:
+        raise ValueError(f"score threshold must be in [0, 1), got {post.score_thresh}")
+    if not 0 < post.nms_iou <= 1:
+        raise ValueError(f"NMS IoU must be in (0, 1], got {post.nms_iou}")
+    if post.max_detections < 1 or post.topk < 1:
+        raise ValueError(f"max_detections and topk must be positive, got {post.max_detections} and {post.topk}")
+    return post
+
+
+def export_onnx(model: nn.Module, path: str | Path, cfg: ExportConfig | None = None) -> Path:
+    """Export ``model`` (a RetinaNet) to one ONNX file at ``path``; returns the path."""
+    cfg = cfg or ExportConfig()
+    path = Path(path)
+    size = cfg.input_size or model.cfg.input_size
+    stride = 2 ** model.cfg.fpn.max_level
+    if size < 32 or size % 32:
+        raise ValueError(f"input size must be a positive multiple of 32, got {size}")
+    if cfg.opset < OPSET:
+        raise ValueError(f"opset {cfg.opset} is too old: antialiased Resize needs opset {OPSET} or newer")
+    del stride
+    post = _resolve_post(model, cfg)
+    model = model.eval().cpu()
+    graph = DetectionGraph(model, size, post, cfg.fold_bn).eval()
+    example = (
+        torch.rand(2, 3, size, size),
+        torch.ones(1),
+        torch.tensor([size, size, size, size], dtype=torch.float32),
+        torch.tensor([post.score_thresh]),
+        torch.tensor([post.nms_iou]),
+    )
+    batch = torch.export.Dim("batch", min=1, max=1024)
+    with torch.no_grad(), tempfile.TemporaryDirectory() as tmp:
+        program = torch.onnx.export(
+            graph,
+            example,
+            dynamo=True,
+            input_names=["x", "scale", "limits", SCORE_INPUT, IOU_INPUT],
+            output_names=list(OUTPUT_NAMES),
+            dynamic_shapes=({0: batch}, None, None, None, None),
+            opset_version=cfg.opset,
+            custom_translation_table={torch.ops.retinanet.nms.default: _nms_to_onnx},
+            optimize=True,
+            verbose=False,
+        )
+        net_path = Path(tmp) / "net.onnx"
+        program.save(str(net_path), external_data=False)
+        net = onnx.load(str(net_path))
+    pre = letterbox_graph(size, opset=_main_opset(net), ir_version=net.ir_version)
+    merged = onnx.compose.merge_models(pre, net, io_map=[("x", "x"), ("scale", "scale"), ("limits", "limits")])
+    _add_threshold_defaults(merged, post)
+    _name_output_dims(merged)
+    metadata = {
+        "format": EXPORT_FORMAT,
+        "class_names": json.dumps(list(model.class_names)),
+        "category_ids": json.dumps([int(c) for c in model.category_ids]),
+        "input_size": str(size),
+        "input_format": "uint8 (N, H, W, 3) RGB",
+        "score_thresh": str(post.score_thresh),
+        "nms_iou": str(post.nms_iou),
+        "max_detections": str(min(post.max_detections, graph.anchors.shape[0] * model.num_classes)),
+        "topk": str(post.topk),
+        "preset": str(model.cfg.preset),
+        "precision": "fp32",
+    }
+    set_metadata(merged, metadata)
+    merged.producer_name = "retinanet-mobilenet"
+    if cfg.check:
+        onnx.checker.check_model(merged, full_check=True)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(merged, str(path))
+    return path
+
+
+def _main_opset(model: onnx.ModelProto) -> int:
+    return next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
+
+
+def _add_threshold_defaults(model: onnx.ModelProto, post: PostprocessConfig) -> None:
+    """Graph inputs with an initializer of the same name are optional: ORT uses the
+    initializer unless the caller feeds the input."""
+    names = {init.name for init in model.graph.initializer}
+    for name, value in ((SCORE_INPUT, post.score_thresh), (IOU_INPUT, post.nms_iou)):
+        if name not in names:
+            model.graph.initializer.append(oh.make_tensor(name, TensorProto.FLOAT, [1], [float(value)]))
+
+
+def _name_output_dims(model: onnx.ModelProto) -> None:
+    for out in model.graph.output:
+        dims = out.type.tensor_type.shape.dim
+        if len(dims) and not dims[0].dim_param:
+            dims[0].dim_param = "batch"
+        elif len(dims):
+            dims[0].dim_param = "batch"
+
+
+def set_metadata(model: onnx.ModelProto, values: dict[str, str]) -> None:
+    existing = {p.key: p for p in model.metadata_props}
+    for key, value in values.items():
+        if key in existing:
+            existing[key].value = value
+        else:
+            onnx.helper.set_model_props  # noqa: B018 (documented API below keeps other props)
+            prop = model.metadata_props.add()
+            prop.key, prop.value = key, value
+
+
+def read_metadata(path: str | Path) -> dict[str, str]:
+    """metadata_props of an exported model, checking it is one of ours."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: ONNX model not found")
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as e:
+        raise RuntimeError(f"{path}: not a readable ONNX model: {e}") from e
+    meta = {p.key: p.value for p in model.metadata_props}
+    if meta.get("format") != EXPORT_FORMAT:
+        raise RuntimeError(f"{path}: not exported by `retinanet export` (metadata format is {meta.get('format')!r})")
+    return meta
+
+
+__all__: Iterable[str] = [
+    "ExportConfig",
+    "export_onnx",
+    "letterbox_graph",
+    "DetectionGraph",
+    "FoldedHead",
+    "read_metadata",
+    "PAD_LABEL",
+]
