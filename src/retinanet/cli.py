@@ -12,6 +12,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("retinanet.train", "fine-tune a detector (default: on the built-in synthetic shapes)"),
     "predict": ("retinanet.predict", "run a model on images and print / draw the detections"),
     "weights": ("retinanet.weights_cmd", "install and verify the offline ImageNet MobileNetV2 weights"),
+    "check-data": ("retinanet.data.check", "validate a dataset: problems, class counts, box size histograms"),
+    "convert": ("retinanet.data.convert", "convert a dataset between COCO, Pascal VOC and YOLO formats"),
     "pretrain": ("retinanet.pretrain", "pretrain a MobileNet backbone as an image classifier (ImageNet-style folders)"),
 }
 

@@ -53,6 +53,9 @@ VERIFY_THREADS = 4
 SIZE_EDGES = (0.0, 8.0, 16.0, 32.0, 64.0, 96.0, 128.0, 256.0, 512.0, math.inf)
 ASPECT_EDGES = (0.0, 1 / 8, 1 / 4, 1 / 2, 1 / math.sqrt(2), math.sqrt(2), 2.0, 4.0, 8.0, math.inf)  # height / width
 COCO_SMALL, COCO_MEDIUM = 32.0**2, 96.0**2
+# Boxes sticking out of the image by less than this (pixels) are float rounding (e.g. of
+# YOLO's 6-decimal normalised coordinates): clipped without a report.
+CLIP_TOLERANCE = 0.01
 
 
 @dataclass(frozen=True)
@@ -286,7 +289,7 @@ def check_boxes(rec: Record, names: list[str], report: DataReport) -> Record:
         finite = np.isfinite(boxes).all(1)
         degenerate = finite & ((boxes[:, 2] <= boxes[:, 0]) | (boxes[:, 3] <= boxes[:, 1]))
         outside = finite & ~degenerate & ((clipped[:, 2] <= clipped[:, 0]) | (clipped[:, 3] <= clipped[:, 1]))
-        moved = finite & (clipped != boxes).any(1)
+        moved = finite & (np.abs(clipped - boxes) > CLIP_TOLERANCE).any(1)
     keep = ~unknown & finite & ~degenerate & ~outside
     # Vectorised tests above; the loop below only visits the boxes that have a problem.
     for k in np.flatnonzero(~keep | moved):

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from tqdm import tqdm
 
 from .check import DataError, DataReport
 from .dataset import DetectionDataset, Record
@@ -195,6 +196,7 @@ def write_coco(
     split: str = "train",
     copy_images: bool = False,
     image_names: dict[Path, str] | None = None,
+    progress: bool = False,
 ) -> Path:
     """Write ``out/annotations/instances_<split>.json`` and the images into ``out/<split>/``
     (symlinks unless ``copy_images``). Category ids are the dataset's own when it came
@@ -205,7 +207,7 @@ def write_coco(
         image_names = dict(zip((r.image_path for r in dataset.records), unique_file_names([r.image_path for r in dataset.records])))
     category_ids = dataset.category_ids if dataset.format == "coco" else list(range(1, dataset.num_classes + 1))
     images, annotations = [], []
-    for r in dataset.records:
+    for r in tqdm(dataset.records, desc=f"writing COCO {split}", unit="img", disable=not progress, leave=False):
         name = image_names[r.image_path]
         place_image(r.image_path, out / split / name, copy_images)
         images.append({"id": int(r.image_id), "file_name": name, "width": int(r.width), "height": int(r.height)})

@@ -265,6 +265,7 @@ def write_voc(
     split: str = "train",
     copy_images: bool = False,
     image_names: dict[Path, str] | None = None,
+    progress: bool = False,
 ) -> Path:
     """Write ``out/Annotations/<stem>.xml``, ``out/JPEGImages/<image>`` (symlinks unless
     ``copy_images``) and the split list ``out/ImageSets/Main/<split>.txt`` (returned)."""
@@ -273,7 +274,7 @@ def write_voc(
         image_names = dict(zip((r.image_path for r in dataset.records), unique_file_names([r.image_path for r in dataset.records])))
     (out / "Annotations").mkdir(parents=True, exist_ok=True)
     stems = []
-    for r in dataset.records:
+    for r in tqdm(dataset.records, desc=f"writing VOC {split}", unit="img", disable=not progress, leave=False):
         name = image_names[r.image_path]
         place_image(r.image_path, out / "JPEGImages" / name, copy_images)
         voc_xml(r, name, dataset.class_names).write(out / "Annotations" / f"{Path(name).stem}.xml", encoding="unicode")

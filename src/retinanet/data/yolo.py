@@ -217,6 +217,7 @@ def write_yolo(
     split: str = "train",
     copy_images: bool = False,
     image_names: dict[Path, str] | None = None,
+    progress: bool = False,
 ) -> int:
     """Write ``out/images/<split>/<image>`` (symlinks unless ``copy_images``) and
     ``out/labels/<split>/<stem>.txt`` (empty for images without objects). Returns the
@@ -226,7 +227,7 @@ def write_yolo(
         image_names = dict(zip((r.image_path for r in dataset.records), unique_file_names([r.image_path for r in dataset.records])))
     (out / "labels" / split).mkdir(parents=True, exist_ok=True)
     left_out = 0
-    for r in dataset.records:
+    for r in tqdm(dataset.records, desc=f"writing YOLO {split}", unit="img", disable=not progress, leave=False):
         name = image_names[r.image_path]
         place_image(r.image_path, out / "images" / split / name, copy_images)
         lines = yolo_lines(r)
