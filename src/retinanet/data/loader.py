@@ -38,7 +38,7 @@ from .transforms import DetectionTransforms, Sample, make_sample, unpack
 
 @dataclass
 class Batch:
-    """A padded batch; G = the most boxes in any image of the batch (at least 1)."""
+    """A padded batch; G = the most boxes in any image of the batch (0 when none has any)."""
 
     images: Tensor
     """(N, 3, S, S) float RGB in [0, 1], letterboxed (content top-left, black padding)."""
@@ -65,16 +65,13 @@ class Batch:
 
 
 def collate(samples: list[tuple[Tensor, dict[str, Any]]]) -> Batch:
-    """Stack images; pad boxes with zeros and labels with PAD_LABEL to the batch's most boxes.
-
-    G is at least 1: RetinaNet.loss cannot gather from an empty box dimension, and one
-    padding slot is matched by no anchor, so a batch without boxes trains all anchors
-    as background.
-    """
+    """Stack images; pad boxes with zeros and labels with PAD_LABEL to the batch's most
+    boxes G (G = 0 when no image has a box: RetinaNet.loss then trains every anchor as
+    background)."""
     if not samples:
         raise ValueError("collate got an empty list of samples")
     n = len(samples)
-    g = max(1, max(len(t["labels"]) for _, t in samples))
+    g = max(len(t["labels"]) for _, t in samples)
     boxes = torch.zeros(n, g, 4)
     labels = torch.full((n, g), PAD_LABEL, dtype=torch.long)
     for i, (_, t) in enumerate(samples):

@@ -115,7 +115,12 @@ class CropOrPad:
         s = self.size
         top = int(torch.randint(0, h - s + 1, ())) if self.random and h > s else 0
         left = int(torch.randint(0, w - s + 1, ())) if self.random and w > s else 0
-        if (top, left, h, w) == (0, 0, s, s):
+        return self.crop(image, target, top, left)
+
+    def crop(self, image: tv_tensors.Image, target: dict[str, Any], top: int, left: int) -> Sample:
+        """The size x size window at (top, left); parts beyond the image are black."""
+        s = self.size
+        if (top, left, *image.shape[-2:]) == (0, 0, s, s):
             return image, target
         image = F.crop(image, top, left, s, s)
         boxes = F.crop(target["boxes"], top, left, s, s)  # shifted and clipped to the window
