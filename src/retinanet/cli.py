@@ -10,6 +10,7 @@ import sys
 # command -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("retinanet.train", "fine-tune a detector (default: on the built-in synthetic shapes)"),
+    "eval": ("retinanet.evaluate", "COCO metrics (pycocotools) of a checkpoint on a dataset, with PR curves and a confusion matrix"),
     "predict": ("retinanet.predict", "run a model on images and print / draw the detections"),
     "weights": ("retinanet.weights_cmd", "install and verify the offline ImageNet MobileNetV2 weights"),
     "check-data": ("retinanet.data.check", "validate a dataset: problems, class counts, box size histograms"),
