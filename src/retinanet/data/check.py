@@ -56,6 +56,7 @@ COCO_SMALL, COCO_MEDIUM = 32.0**2, 96.0**2
 # Boxes sticking out of the image by less than this (pixels) are float rounding (e.g. of
 # YOLO's 6-decimal normalised coordinates): clipped without a report.
 CLIP_TOLERANCE = 0.01
+PLOT_MAX_CLASSES = 40  # more bars than this are unreadable in the class panel
 
 
 @dataclass(frozen=True)
@@ -151,7 +152,8 @@ class DataReport:
         errors = self.errors
         if not errors:
             return f"{self.where}: no errors"
-        kinds = ", ".join(f"{n} {kind}" for (_, kind), n in self.counts(ERROR).most_common())
+        ranked = sorted(self.counts(ERROR).items(), key=lambda item: (-item[1], item[0][1]))
+        kinds = ", ".join(f"{n} {kind}" for (_, kind), n in ranked)
         shown = "; ".join(f"{i.file}: {i.reason}" for i in errors[:examples])
         more = f"; and {len(errors) - examples} more" if len(errors) > examples else ""
         return (
@@ -495,9 +497,10 @@ def plot_stats(s: DatasetStats, path: str | Path, title: str = "") -> Path:
     fig = Figure(figsize=(12, 9), layout="constrained")
     FigureCanvasAgg(fig)
     ax = fig.subplots(2, 2)
-    order = sorted(range(len(s.class_names)), key=lambda i: -s.boxes_per_class[i])[:40]
+    order = sorted(range(len(s.class_names)), key=lambda i: -s.boxes_per_class[i])[:PLOT_MAX_CLASSES]
     ax[0, 0].barh([s.class_names[i] for i in order][::-1], [s.boxes_per_class[i] for i in order][::-1])
-    ax[0, 0].set_title(f"boxes per class ({s.classes_used} of {len(s.class_names)} used)")
+    top = f", top {PLOT_MAX_CLASSES}" if len(s.class_names) > PLOT_MAX_CLASSES else ""
+    ax[0, 0].set_title(f"boxes per class ({s.classes_used} of {len(s.class_names)} used{top})")
     ax[0, 0].tick_params(axis="y", labelsize=6)
     wh = s.box_wh[(s.box_wh > 0).all(1)] if len(s.box_wh) else s.box_wh
     if len(wh):

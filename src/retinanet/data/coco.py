@@ -48,10 +48,13 @@ def load_json(path: Path) -> Any:
 def guess_images_dir(json_path: Path, file_names: list[str]) -> Path:
     """The folder COCO's ``file_name`` entries are relative to: for
     ``root/annotations/instances_train2017.json`` try root/train2017, root/images/train2017,
-    root/images, root and the json's own folder; the first holding the listed files wins."""
+    root/images, root, the json's own folder, then the root's other folders; the first
+    holding the listed files wins."""
     root = json_path.parent.parent if json_path.parent.name.lower() == "annotations" else json_path.parent
     split = json_path.stem[len(COCO_PREFIX) :] if json_path.stem.startswith(COCO_PREFIX) else json_path.stem
     candidates = [root / split, root / "images" / split, root / "images", root, json_path.parent]
+    # then any other folder under the root (e.g. a val json whose images sit in train2017/)
+    candidates += sorted(d for d in root.iterdir() if d.is_dir() and d not in candidates) if root.is_dir() else []
     probe = file_names[:5]
     for c in candidates:
         if probe and all((c / f).is_file() for f in probe):

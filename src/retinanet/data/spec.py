@@ -373,8 +373,9 @@ def load_dataset(
     ds = read_split(spec, split, class_names, report, progress)
     ds = validate(ds, report, mode, progress)
     if not ds.records:
-        detail = f"; {report.summary()}" if report.errors else ""
-        raise DataError(f"{report.where}: no usable images{detail}", report)
+        if report.errors:
+            raise DataError(f"no usable images left. {report.summary()}", report)
+        raise DataError(f"{report.where}: no images", report)
     if report.errors and not drop_bad:
         raise DataError(report.summary(), report)
     return ds
