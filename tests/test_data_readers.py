@@ -232,6 +232,23 @@ def test_yolo_list_file_and_darknet_layout(tmp_path, raccoon):
     np.testing.assert_allclose(ds.records[0].boxes, [[0, 0, 650, 417]])
 
 
+def test_roboflow_style_data_yaml(tmp_path, raccoon):
+    """Roboflow exports root/{train,valid}/{images,labels} with a data.yaml saying
+    '../train/images' and a 'roboflow' block; no format key: read as YOLO."""
+    for split, n in (("train", 1), ("valid", 2)):
+        (tmp_path / split / "images").mkdir(parents=True)
+        (tmp_path / split / "labels").mkdir()
+        shutil.copy(raccoon / "images" / f"raccoon-{n}.jpg", tmp_path / split / "images")
+        (tmp_path / split / "labels" / f"raccoon-{n}.txt").write_text("0 0.5 0.5 0.5 0.5\n")
+    doc = {"train": "../train/images", "val": "../valid/images", "nc": 1, "names": ["raccoon"],
+           "roboflow": {"workspace": "w", "project": "p", "version": 1}}
+    (tmp_path / "data.yaml").write_text(yaml.safe_dump(doc))
+    val = load_dataset(tmp_path, "val", progress=False)
+    assert val.format == "yolo" and [r.image_path.name for r in val.records] == ["raccoon-2.jpg"]
+    w, h = val.records[0].width, val.records[0].height
+    np.testing.assert_allclose(val.records[0].boxes, [[w / 4, h / 4, 3 * w / 4, 3 * h / 4]], rtol=1e-6)
+
+
 def test_yolo_box_refers_to_displayed_exif_orientation(tmp_path):
     """A 40x20 stored image with EXIF orientation 6 displays as 20x40; YOLO's normalised
     box is scaled by the displayed size, matching what read_image returns."""

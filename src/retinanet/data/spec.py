@@ -44,7 +44,7 @@ ALL = "all"
 SPLIT_ALIASES = {"valid": "val", "validation": "val"}
 KNOWN_SPLITS = ("train", "val", "test", "trainval")
 SPEC_KEYS = ("format", "root", "path", "names", "nc")
-IGNORED_KEYS = ("download", "yaml_file", "channels")  # Ultralytics keys that do not describe data
+IGNORED_KEYS = ("download", "yaml_file", "channels", "roboflow")  # Ultralytics / Roboflow bookkeeping
 SPLIT_KEYS = ("images", "annotations", "list", "labels")
 
 
@@ -191,7 +191,13 @@ def _path(root: Path, value: Any, where: str) -> Path:
     if not isinstance(value, str) or not value:
         raise DataError(f"{where}: expected a path, got {value!r}")
     p = Path(value).expanduser()
-    return p if p.is_absolute() else root / p
+    if p.is_absolute():
+        return p
+    if not (root / p).exists() and value.startswith("../") and (root / value[3:]).exists():
+        # Roboflow's data.yaml says '../train/images' for root/train/images; Ultralytics
+        # accepts that the same way.
+        return root / value[3:]
+    return root / p
 
 
 def _split_from_value(fmt: str, value: Any, root: Path, default: DatasetSpec | None, where: str) -> SplitSpec:
@@ -253,10 +259,16 @@ def read_spec(path: str | Path) -> DatasetSpec:
     except DataError:
         detected = None
     fmt = data.get("format")
-    if fmt is None:
-        if detected is None:
-            raise DataError(f"{path}: add 'format: coco|voc|yolo' (it cannot be told from the files under {root})")
+    if fmt is None and detected is not None:
         fmt = detected.format
+    elif fmt is None:
+        # Ultralytics data.yaml: splits given as image folders / lists, no format key.
+        ultralytics = any(
+            isinstance(v, (str, list)) for k, v in data.items() if k not in SPEC_KEYS and k not in IGNORED_KEYS
+        )
+        if not ultralytics:
+            raise DataError(f"{path}: add 'format: coco|voc|yolo' (it cannot be told from the files under {root})")
+        fmt = "yolo"
     fmt = str(fmt).lower()
     if fmt not in FORMATS:
         raise DataError(f"{path}: format {fmt!r} is not one of {', '.join(FORMATS)}")
