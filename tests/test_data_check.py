@@ -16,7 +16,7 @@ from PIL import Image
 from retinanet.cli import main
 from retinanet.data import DataError, DetectionDataset, Record, load_dataset
 from retinanet.data.check import ASPECT_EDGES, SIZE_EDGES, check_mode, dataset_stats
-from retinanet.data.images import ImageError, image_info, read_image
+from retinanet.data.images import ImageError, MissingImageError, image_info, read_image
 
 IMAGES = ("000000000009.jpg", "000000000025.jpg", "000000000030.jpg")  # 8 + 2 + 2 boxes, no crowd
 
@@ -105,6 +105,8 @@ def test_missing_empty_and_non_image_files(mini):
     # The missing file is found even in header mode
     with pytest.raises(DataError, match="image file not found"):
         mini.load(check="header")
+    with pytest.raises(MissingImageError, match="000000000009.jpg: image file not found"):
+        read_image(mini.image("000000000009.jpg"))
 
 
 def test_size_mismatch_and_exif_stored_size(mini):
@@ -193,6 +195,14 @@ def test_duplicate_image_and_annotation_ids(mini):
         mini.load()
     ds = mini.load(drop_bad=True)  # whose boxes are whose is unknowable: both images go
     assert [r.image_path.name for r in ds.records] == ["000000000009.jpg"]
+
+
+def test_iscrowd_written_as_text(mini):
+    mini.ann("000000000009.jpg", 0)["iscrowd"] = "0"
+    mini.ann("000000000009.jpg", 1)["iscrowd"] = "1"
+    mini.write()
+    rec = next(r for r in mini.load(check=False).records if r.image_path.name == "000000000009.jpg")
+    assert rec.ignore.tolist() == [False, True] + [False] * 6
 
 
 def test_broken_json_is_fatal_even_with_drop_bad(mini):

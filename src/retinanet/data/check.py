@@ -33,7 +33,7 @@ import numpy as np
 from tqdm import tqdm
 
 from .dataset import DetectionDataset, Record
-from .images import SWAPS_SIDES, ImageError, ImageInfo, image_info
+from .images import SWAPS_SIDES, ImageError, ImageInfo, MissingImageError, image_info
 
 ERROR = "error"
 FIXED = "fixed"
@@ -356,7 +356,7 @@ def validate(
         if mode != NONE:
             info = infos[rec.image_path]
             if isinstance(info, ImageError):
-                kind = "missing image" if "not found" in str(info) else "unreadable image"
+                kind = "missing image" if isinstance(info, MissingImageError) else "unreadable image"
                 report.error(kind, rec.image_path, str(info).split(": ", 1)[-1])
                 dropped_boxes += n_boxes
                 continue

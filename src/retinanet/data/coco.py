@@ -160,7 +160,9 @@ def read_coco(
         x, y, w, h = (float(v) for v in bbox)
         area = a.get("area")
         area = float(area) if _is_number(area) and math.isfinite(area) else None
-        per_image[image_id].append(([x, y, x + w, y + h], label_of[cid], bool(a.get("iscrowd", 0)), area))
+        crowd = a.get("iscrowd", 0)
+        crowd = crowd.strip() not in ("", "0") if isinstance(crowd, str) else bool(crowd)  # "0" is not a crowd
+        per_image[image_id].append(([x, y, x + w, y + h], label_of[cid], crowd, area))
 
     records = []
     for image_id, im in images.items():

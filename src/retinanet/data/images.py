@@ -48,6 +48,10 @@ class ImageError(ValueError):
     """An image file that cannot be used; the message names the file and the reason."""
 
 
+class MissingImageError(ImageError):
+    """The image file does not exist."""
+
+
 @dataclass(frozen=True)
 class ImageInfo:
     width: int
@@ -97,7 +101,7 @@ def open_image(path: str | Path) -> Image.Image:
     """Decoded, EXIF-rotated RGB PIL image."""
     path = Path(path)
     if not path.is_file():
-        raise ImageError(f"{path}: image file not found")
+        raise MissingImageError(f"{path}: image file not found")
     try:
         with Image.open(path) as img:
             img.load()  # decode fully now: truncated files fail here, not later
@@ -126,7 +130,7 @@ def image_info(path: str | Path, decode: bool = False) -> ImageInfo:
     """
     path = Path(path)
     if not path.is_file():
-        raise ImageError(f"{path}: image file not found")
+        raise MissingImageError(f"{path}: image file not found")
     try:
         with Image.open(path) as img:
             w, h = img.size

@@ -19,7 +19,7 @@ from tqdm import tqdm
 
 from .check import DataError, DataReport
 from .dataset import DetectionDataset, Record
-from .images import IMAGE_SUFFIXES, image_info, place_image, unique_file_names
+from .images import IMAGE_SUFFIXES, ImageError, MissingImageError, image_info, place_image, unique_file_names
 
 BOX_FIELDS = 5  # class cx cy w h
 MIN_POLYGON_FIELDS = 7  # class + at least 3 points
@@ -159,8 +159,8 @@ def read_yolo(
     for image, base in tqdm(images, desc="reading YOLO labels", unit="img", disable=not progress, leave=False):
         try:
             info = image_info(image)  # header only: the size turns normalised boxes into pixels
-        except ValueError as e:
-            kind = "missing image" if "not found" in str(e) else "unreadable image"
+        except ImageError as e:
+            kind = "missing image" if isinstance(e, MissingImageError) else "unreadable image"
             report.error(kind, image, str(e).split(": ", 1)[-1])
             continue
         lp = label_path(image, base, labels_dir)
