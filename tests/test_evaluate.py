@@ -14,7 +14,12 @@ from PIL import Image
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from retinanet.config import preset
+from retinanet.checkpoint import save_checkpoint
+from retinanet.cli import main
+from retinanet.config import preset, to_dict
+from retinanet.data import load_dataset
+from retinanet.data.coco import write_coco
+from retinanet.data.voc import write_voc
 from retinanet.data.dataset import DetectionDataset, Record
 from retinanet.data.images import read_image
 from retinanet.evaluate import (
@@ -349,6 +354,28 @@ def test_voc_difficult_boxes_are_neither_true_nor_false_positives(tmp_path):
     assert evaluate_detections(plain, [dets(normal, [0.6], [0])], plots=False).metrics["AR100"] == 0.5
 
 
+def test_voc_and_coco_files_of_the_same_boxes_give_the_same_metrics(raccoon, tmp_path):
+    ds = load_dataset(raccoon, "test", check=False, progress=False)  # the VOC reader on raccoon's test split
+    assert ds.format == "voc" and len(ds) == 40
+    for r in ds.records[::4]:  # some boxes difficult: they must be ignored the same way in both
+        r.ignore = np.arange(len(r.labels)) == 0
+    write_voc(ds, tmp_path / "voc", "test")
+    write_coco(ds, tmp_path / "coco", "test")
+    voc = load_dataset(tmp_path / "voc", "test", check=False, progress=False)
+    coco = load_dataset(tmp_path / "coco" / "annotations" / "instances_test.json", "test", check=False, progress=False)
+    assert (voc.format, coco.format) == ("voc", "coco")
+    assert voc.num_boxes(include_ignored=True) - voc.num_boxes() == 10 == coco.num_boxes(include_ignored=True) - coco.num_boxes()
+
+    dets_by_name = dict(zip((r.image_path.name for r in voc.records), perturbed(voc, seed=3)))
+    m_voc = evaluate_detections(voc, [dets_by_name[r.image_path.name] for r in voc.records], plots=False)
+    m_coco = evaluate_detections(coco, [dets_by_name[r.image_path.name] for r in coco.records], plots=False)
+    assert 0.1 < m_voc.metrics["AP"] < 0.9
+    assert m_voc.metrics == m_coco.metrics
+    assert [(r["AP"], r["AP50"], r["instances"]) for r in m_voc.per_class] == [
+        (r["AP"], r["AP50"], r["instances"]) for r in m_coco.per_class
+    ]
+
+
 # ----------------------------------------------------------------------------- confusion matrix
 
 
@@ -472,3 +499,26 @@ def test_label_mapping_by_name():
     assert label_mapping(["0", "1", "2"], ds) == [0, 1, 2]  # an unnamed model of as many classes
     with pytest.raises(ValueError, match="'horse'"):
         label_mapping(["cat", "horse"], ds)
+
+
+def test_eval_command(raccoon, tiny_model, tmp_path, capsys):
+    ckpt = save_checkpoint(
+        {"model": tiny_model.state_dict(), "config": {"model": to_dict(tiny_model.cfg)}, "class_names": ["raccoon"], "category_ids": [0]},
+        tmp_path / "tiny.pt",
+    )
+    out = tmp_path / "eval"
+    args = ["eval", "--model", str(ckpt), "--data", str(raccoon), "--split", "test", "--out", str(out),
+            "--max-images", "4", "--batch-size", "2", "--no-plots"]
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    saved = json.loads((out / "metrics.json").read_text())
+    assert saved["images"] == 4 and not list(out.rglob("*.png"))
+    lines = {line.split()[0]: line.split()[-1] for line in printed.splitlines() if line.strip()}
+    for name in METRIC_NAMES:  # every number printed, as saved ('-' for pycocotools' -1: no such objects)
+        value = saved["metrics"][name]
+        assert lines[name] == ("-" if value == NO_GROUND_TRUTH else f"{value:.3f}"), name
+    assert "raccoon" in printed and "AP50" in printed
+
+    assert main(["eval", "--model", str(ckpt), "--data", str(tmp_path / "nowhere")]) == 1
+    err = capsys.readouterr().err
+    assert "nowhere" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1

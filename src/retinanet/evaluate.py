@@ -650,7 +650,7 @@ def evaluate(
 def add_arguments(p: argparse.ArgumentParser) -> None:
     d = EvalConfig
     p.add_argument("--model", required=True, help="checkpoint (.pt) written by `retinanet train`")
-    p.add_argument("--data", required=True, help="dataset: a data YAML, a COCO json, or a VOC / YOLO folder")
+    p.add_argument("--data", required=True, help="dataset folder (COCO / VOC / YOLO), COCO json, or dataset spec / data.yaml")
     p.add_argument("--split", default="val", help="split of --data to evaluate (default: val)")
     p.add_argument("--out", default="runs/eval", help="folder for the metrics, detections and plots (default: runs/eval)")
     p.add_argument("--batch-size", type=int, default=d.batch_size, help=f"images per batch (default: {d.batch_size})")
@@ -678,7 +678,8 @@ def run(args: argparse.Namespace) -> int:
         model.cfg.postprocess.score_thresh = args.conf
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     model.to(device)
-    dataset = load_dataset(args.data, args.split)
+    # Image headers only: evaluation decodes every image anyway, and a broken one fails there naming its file.
+    dataset = load_dataset(args.data, args.split, check="header")
     cfg = EvalConfig(batch_size=args.batch_size, workers=args.workers, plot_conf=args.plot_conf)
     report = run_evaluation(
         model,
