@@ -16,6 +16,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "check-data": ("retinanet.data.check", "validate a dataset: problems, class counts, box size histograms"),
     "convert": ("retinanet.data.convert", "convert a dataset between COCO, Pascal VOC and YOLO formats"),
     "pretrain": ("retinanet.pretrain", "pretrain a MobileNet backbone as an image classifier (ImageNet-style folders)"),
+    "anchors": ("retinanet.anchors_cmd", "best possible recall of the anchors on a dataset; fit scales and ratios to it"),
 }
 
 

@@ -1,0 +1,53 @@
+"""`retinanet anchors`: best possible recall of a preset's anchors on a dataset, and
+anchors fitted to it (printed as config overrides)."""
+
+from __future__ import annotations
+
+import argparse
+
+from .config import PRESETS, preset
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("source", help="dataset folder, COCO json or dataset spec yaml")
+    p.add_argument("--split", default="train", help="split to measure (default: train)")
+    p.add_argument("--preset", default="default", choices=PRESETS, help="model preset whose anchors are measured")
+    p.add_argument("--input-size", type=int, default=None, help="input size (default: the preset's)")
+    p.add_argument(
+        "--fit",
+        nargs=2,
+        type=int,
+        metavar=("N_SCALES", "N_RATIOS"),
+        help="fit this many anchor scales and aspect ratios to the boxes and compare",
+    )
+    p.add_argument("--plot", metavar="PNG", help="write box shapes vs anchor shapes to this PNG")
+    p.add_argument("--seed", type=int, default=0, help="seed of the fitting search (default: 0)")
+
+
+def run(args: argparse.Namespace) -> int:
+    from .data import load_dataset
+    from .data.anchor_fit import anchor_report, format_report, plot_report
+
+    cfg = preset(args.preset)
+    if args.input_size is not None:
+        if args.input_size < 32:
+            raise ValueError(f"--input-size must be at least 32, got {args.input_size}")
+        cfg.input_size = args.input_size
+    if args.fit is not None and min(args.fit) < 1:
+        raise ValueError(f"--fit needs at least 1 scale and 1 ratio, got {args.fit[0]} {args.fit[1]}")
+    dataset = load_dataset(args.source, args.split, check="header")
+    report = anchor_report(dataset, cfg, fit=tuple(args.fit) if args.fit else None, seed=args.seed, progress=True)
+    print(f"{args.source} [{args.split}]: {len(dataset)} images, preset {args.preset}")
+    print(format_report(report))
+    if args.fit:
+        size = f" model.input_size={cfg.input_size}" if args.input_size is not None else ""
+        print(f"train with them: retinanet train --data {args.source} --preset {args.preset}{size} {_fitted(report)}")
+    if args.plot:
+        print(f"plot: {plot_report(report, args.plot)}")
+    return 0
+
+
+def _fitted(report) -> str:
+    from .data.anchor_fit import overrides
+
+    return overrides(report.fitted.scales, report.fitted.ratios)
