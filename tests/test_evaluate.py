@@ -522,3 +522,22 @@ def test_eval_command(raccoon, tiny_model, tmp_path, capsys):
     assert main(["eval", "--model", str(ckpt), "--data", str(tmp_path / "nowhere")]) == 1
     err = capsys.readouterr().err
     assert "nowhere" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_training_curves_from_a_log_with_missing_validation(tmp_path):
+    from retinanet.plots import plot_training_curves, read_results_csv
+
+    log = tmp_path / "results.csv"
+    log.write_text(
+        "epoch,train_loss,train_cls,lr,val_AP,val_AP50\n"
+        "1,2.5,1.5,0.01,,\n"  # no validation this epoch
+        "2,1.25,0.75,0.005,0.125,0.5\n"
+    )
+    cols = read_results_csv(log)
+    np.testing.assert_array_equal(cols["train_loss"], [2.5, 1.25])
+    assert np.isnan(cols["val_AP"][0]) and cols["val_AP50"][1] == 0.5
+    png = plot_training_curves(log, tmp_path / "curves.png")
+    with Image.open(png) as im:
+        im.verify()
+    with pytest.raises(FileNotFoundError, match="missing.csv: training log not found"):
+        plot_training_curves(tmp_path / "missing.csv", tmp_path / "x.png")

@@ -211,3 +211,62 @@ def save_image(image: Tensor, path: str | Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(image.permute(1, 2, 0).contiguous().numpy()).save(path)  # (3, H, W) -> (H, W, 3)
     return path
+
+
+# ----------------------------------------------------------------------------- training curves
+
+# Columns of a training log drawn in each panel, by prefix / name.
+LOSS_PREFIX = "train_"
+VAL_METRICS = ("val_AP", "val_AP50", "val_AP75")
+NOT_LOSSES = ("train_num_fg", "train_images_per_second")  # counts and rates logged beside the losses
+
+
+def read_results_csv(path: str | Path) -> dict[str, np.ndarray]:
+    """A training log (one row per epoch, a header row) -> column name -> float array.
+
+    Empty cells (an epoch without validation) and non-numeric cells become NaN.
+    """
+    import csv
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: training log not found")
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    if not rows:
+        raise ValueError(f"{path}: no rows to plot")
+    columns: dict[str, np.ndarray] = {}
+    for name in rows[0]:
+        values = []
+        for row in rows:
+            try:
+                values.append(float(row.get(name) or "nan"))
+            except ValueError:
+                values.append(float("nan"))
+        columns[name] = np.array(values)
+    return columns
+
+
+def plot_training_curves(csv_path: str | Path, path: str | Path) -> Path:
+    """Losses, validation AP / AP50 / AP75 and learning rate against epoch, from the
+    training log ``csv_path`` (columns ``epoch``, ``train_*``, ``val_*``, ``lr``)."""
+    cols = read_results_csv(csv_path)
+    if "epoch" not in cols:
+        raise ValueError(f"{csv_path}: no 'epoch' column")
+    epoch = cols["epoch"]
+    losses = [c for c in cols if c.startswith(LOSS_PREFIX) and c not in NOT_LOSSES]
+    metrics = [c for c in VAL_METRICS if c in cols and np.isfinite(cols[c]).any()]
+    panels = [("loss", losses), ("validation", metrics), ("learning rate", ["lr"] if "lr" in cols else [])]
+    panels = [(title, names) for title, names in panels if names]
+    fig, axes = plt.subplots(1, max(1, len(panels)), figsize=(5 * max(1, len(panels)), 4), squeeze=False)
+    for ax, (title, names) in zip(axes[0], panels):
+        for name in names:
+            ok = np.isfinite(cols[name])  # epochs without validation have no value
+            ax.plot(epoch[ok], cols[name][ok], marker="o" if ok.sum() < 30 else None, ms=3,
+                    label=name.removeprefix("val_").removeprefix(LOSS_PREFIX))
+        ax.set(xlabel="epoch", title=title)
+        ax.grid(alpha=0.3)
+        if len(names) > 1:
+            ax.legend(fontsize=8)
+    fig.tight_layout()
+    return _save(fig, path)
