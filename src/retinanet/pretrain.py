@@ -39,8 +39,9 @@ from tqdm import tqdm
 
 from .backbones import build_classifier, imagenet_state_dict, load_weights_file
 from .config import ConfigError, from_dict, to_dict
+from .data import load_dataset
 from .data.dataset import DetectionDataset
-from .data.images import open_image
+from .data.images import ImageError, open_image
 from .preprocess import IMAGENET_MEAN, IMAGENET_STD
 
 FORMAT = "retinanet-mobilenet-pretrain/1"
@@ -387,6 +388,19 @@ def build_scheduler(optimizer: torch.optim.Optimizer, cfg: PretrainConfig, steps
 # ----------------------------------------------------------------------------- loops
 
 
+def _batches(loader: DataLoader):
+    """The loader's batches; an undecodable image stops with a one-line error naming the file.
+
+    A DataLoader worker's exception reaches the main process with the worker's traceback
+    in its message; its last line is the original ``module.ImageError: message``."""
+    try:
+        yield from loader
+    except ImageError as e:
+        last = str(e).strip().splitlines()[-1]
+        prefix = f"{type(e).__module__}.{type(e).__name__}: "
+        raise ImageError(last[len(prefix):] if last.startswith(prefix) else str(e)) from None
+
+
 def _to_input(images: Tensor, device: torch.device) -> Tensor:
     # Depthwise convs run about twice as fast channels-last on CPU (as the detector does).
     return images.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
@@ -410,7 +424,7 @@ def train_one_epoch(
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
     total_loss, correct, seen = 0.0, 0, 0
-    bar = tqdm(loader, desc=desc, unit="batch", dynamic_ncols=True, disable=not progress)
+    bar = tqdm(_batches(loader), desc=desc, total=len(loader), unit="batch", dynamic_ncols=True, disable=not progress)
     for step, (images, targets) in enumerate(bar):
         images, targets = _to_input(images, device), targets.to(device)
         logits = model(images)  # (N, K)
@@ -448,7 +462,8 @@ def evaluate(model: nn.Module, loader: DataLoader, device: torch.device, desc: s
     """Plain cross-entropy, top-1 and top-k accuracy (k = min(5, classes)) over ``loader``."""
     model.eval()
     total_loss, top1, topk, seen = 0.0, 0, 0, 0
-    for images, targets in tqdm(loader, desc=desc, unit="batch", leave=False, dynamic_ncols=True, disable=not progress):
+    bar = tqdm(_batches(loader), desc=desc, total=len(loader), unit="batch", leave=False, dynamic_ncols=True, disable=not progress)
+    for images, targets in bar:
         images, targets = _to_input(images, device), targets.to(device)
         logits = model(images)  # (N, K)
         total_loss += F.cross_entropy(logits, targets, reduction="sum").item()
@@ -511,6 +526,7 @@ def plot_history(history: list[dict[str, float]], path: str | Path) -> None:
     """Loss and accuracy per epoch, as a PNG (Agg canvas: no display, no global backend change)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
 
     epochs = [r["epoch"] for r in history]
     fig = Figure(figsize=(10, 4))
@@ -524,6 +540,7 @@ def plot_history(history: list[dict[str, float]], path: str | Path) -> None:
             if any(key in r for r in history):
                 ax.plot(epochs, [r.get(key, float("nan")) for r in history], marker="o", label=label)
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_title(title)
         ax.grid(alpha=0.3)
         ax.legend()
@@ -840,6 +857,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("crops from a detection dataset")
     C = CropConfig
     g.add_argument("--from-detection", metavar="SOURCE", help="detection dataset (COCO json, VOC or YOLO folder) whose object crops are the classes")
+    g.add_argument("--from-split", default="train", help="split of SOURCE to crop; keep the detector's val/test images out (default: train)")
     g.add_argument("--crops-out", metavar="DIR", help="where the crop folder is written (default: OUT/crops); an existing crop folder is reused")
     g.add_argument("--classes", nargs="+", metavar="NAME", help="only these classes of the detection dataset")
     g.add_argument("--min-crop", type=int, default=C.min_size, help=f"skip boxes smaller than this many pixels (default: {C.min_size})")
@@ -866,13 +884,7 @@ def _crops_from_detection(args: argparse.Namespace, out_dir: Path) -> Path:
     if (crops / CROPS_MANIFEST).is_file():
         print(f"using the existing crops in {crops} ({CROPS_MANIFEST} found)")
         return crops
-    try:
-        from .data import load_dataset  # the dataset readers (COCO / VOC / YOLO)
-    except ImportError:
-        raise RuntimeError(
-            "--from-detection needs the dataset readers (retinanet.data.load_dataset), which this install lacks"
-        ) from None
-    dataset = load_dataset(args.from_detection, "train")
+    dataset = load_dataset(args.from_detection, args.from_split)
     cfg = CropConfig(
         min_size=args.min_crop, margin=args.crop_margin, min_per_class=args.min_per_class, max_per_class=args.max_per_class
     )
