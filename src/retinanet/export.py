@@ -51,6 +51,7 @@ PAD_LABEL = -1  # label of the padding rows past num_detections
 INPUT_NAME = "images"
 OUTPUT_NAMES = ("boxes", "scores", "labels", "num_detections")
 SCORE_INPUT = "score_threshold"
+LETTERBOX_PREFIX = "letterbox/"
 IOU_INPUT = "iou_threshold"
 
 
@@ -327,6 +328,8 @@ def letterbox_graph(size: int, opset: int = OPSET, ir_version: int | None = None
             oh.make_tensor_value_info("limits", f, [4]),
         ],
     )
+    for i, node in enumerate(graph.node):
+        node.name = f"{LETTERBOX_PREFIX}{i}_{node.op_type}"
     model = oh.make_model(graph, opset_imports=[oh.make_opsetid("", opset)])
     if ir_version is not None:
         model.ir_version = ir_version
@@ -356,12 +359,10 @@ def export_onnx(model: nn.Module, path: str | Path, cfg: ExportConfig | None = N
     cfg = cfg or ExportConfig()
     path = Path(path)
     size = cfg.input_size or model.cfg.input_size
-    stride = 2 ** model.cfg.fpn.max_level
     if size < 32 or size % 32:
         raise ValueError(f"input size must be a positive multiple of 32, got {size}")
     if cfg.opset < OPSET:
         raise ValueError(f"opset {cfg.opset} is too old: antialiased Resize needs opset {OPSET} or newer")
-    del stride
     post = _resolve_post(model, cfg)
     model = model.eval().cpu()
     graph = DetectionGraph(model, size, post, cfg.fold_bn).eval()
@@ -391,6 +392,7 @@ def export_onnx(model: nn.Module, path: str | Path, cfg: ExportConfig | None = N
         net = onnx.load(str(net_path))
     pre = letterbox_graph(size, opset=_main_opset(net), ir_version=net.ir_version)
     merged = onnx.compose.merge_models(pre, net, io_map=[("x", "x"), ("scale", "scale"), ("limits", "limits")])
+    _dedupe_opsets(merged)
     _add_threshold_defaults(merged, post)
     _name_output_dims(merged)
     metadata = {
@@ -419,6 +421,16 @@ def _main_opset(model: onnx.ModelProto) -> int:
     return next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
 
 
+def _dedupe_opsets(model: onnx.ModelProto) -> None:
+    """onnx.compose lists a domain once per input model; tools such as the quantizer want it once."""
+    seen: dict[str, int] = {}
+    for o in model.opset_import:
+        domain = "" if o.domain == "ai.onnx" else o.domain
+        seen[domain] = max(seen.get(domain, 0), o.version)
+    del model.opset_import[:]
+    model.opset_import.extend(oh.make_opsetid(d, v) for d, v in seen.items())
+
+
 def _add_threshold_defaults(model: onnx.ModelProto, post: PostprocessConfig) -> None:
     """Graph inputs with an initializer of the same name are optional: ORT uses the
     initializer unless the caller feeds the input."""
@@ -443,7 +455,6 @@ def set_metadata(model: onnx.ModelProto, values: dict[str, str]) -> None:
         if key in existing:
             existing[key].value = value
         else:
-            onnx.helper.set_model_props  # noqa: B018 (documented API below keeps other props)
             prop = model.metadata_props.add()
             prop.key, prop.value = key, value
 
@@ -463,12 +474,243 @@ def read_metadata(path: str | Path) -> dict[str, str]:
     return meta
 
 
+# ----------------------------------------------------------------------------- int8
+
+
+@dataclass
+class QuantizeConfig:
+    """Static post-training quantization (onnxruntime.quantization, QDQ format)."""
+
+    num_images: int = 100
+    """Calibration images (an even spread over the calibration source)."""
+    method: str = "minmax"
+    """Activation range estimate: 'minmax', 'percentile' or 'entropy'."""
+    per_channel: bool = True
+    """One weight scale per output channel (needed for depthwise and BN-folded convs)."""
+    op_types: tuple[str, ...] = ("Conv", "Add", "Clip", "Resize", "Concat")
+    """Operators quantized inside the network; quantizing the ops between convs lets ORT
+    keep tensors in int8 from one conv to the next instead of converting at every boundary."""
+    fp32_predictors: bool = False
+    """Keep the head's final class/box convs in fp32 (slower, may keep more accuracy)."""
+
+
+NETWORK_SCOPES = ("backbone", "fpn", "head")  # torch module roots of the network part
+PREDICTOR_SCOPES = ("head.cls_pred", "head.box_pred")
+_CALIBRATION_METHODS = {"minmax": "MinMax", "percentile": "Percentile", "entropy": "Entropy"}
+
+
+def _scopes(node: onnx.NodeProto) -> list[str]:
+    """Module path of a node, from the name_scopes metadata torch.onnx's exporter writes."""
+    for prop in node.metadata_props:
+        if prop.key == "pkg.torch.onnx.name_scopes":
+            try:
+                return [str(x) for x in json.loads(prop.value.replace("'", '"'))]
+            except ValueError:
+                return []
+    return []
+
+
+def network_nodes(model: onnx.ModelProto, op_types: Iterable[str], fp32_predictors: bool = False) -> list[str]:
+    """Names of the nodes of the backbone, FPN and head with one of ``op_types``: the
+    letterbox before and the box decoding / NMS after stay in fp32 (box coordinates in
+    8 bits would be off by hundreds of pixels)."""
+    wanted = set(op_types)
+    names = []
+    for node in model.graph.node:
+        if node.op_type not in wanted or node.name.startswith(LETTERBOX_PREFIX):
+            continue
+        scopes = _scopes(node)
+        if len(scopes) < 2 or scopes[1] not in NETWORK_SCOPES:
+            continue
+        if fp32_predictors and any(sc.startswith(PREDICTOR_SCOPES) for sc in scopes):
+            continue
+        names.append(node.name)
+    return names
+
+
+def _spread(files: list[Path], n: int) -> list[Path]:
+    if len(files) <= n:
+        return files
+    step = len(files) / n
+    return [files[int(i * step)] for i in range(n)]
+
+
+def quantize_int8(fp32_path: str | Path, out_path: str | Path, calibration: str | Path | list[Path], cfg: QuantizeConfig | None = None) -> Path:
+    """Static int8 quantization of an exported model: QDQ, per-channel int8 weights, uint8
+    activations calibrated on images (a folder, a glob or a list of files)."""
+    import numpy as np
+    from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from tqdm import tqdm
+
+    from .api import expand_images
+    from .data.images import open_image
+
+    cfg = cfg or QuantizeConfig()
+    if cfg.method not in _CALIBRATION_METHODS:
+        raise ValueError(f"calibration method must be one of {', '.join(_CALIBRATION_METHODS)}, got {cfg.method!r}")
+    if cfg.num_images < 1:
+        raise ValueError(f"need at least one calibration image, got {cfg.num_images}")
+    fp32_path, out_path = Path(fp32_path), Path(out_path)
+    files = list(calibration) if isinstance(calibration, list) else expand_images(calibration)
+    files = _spread([Path(f) for f in files], cfg.num_images)
+    model = onnx.load(str(fp32_path))
+    nodes = network_nodes(model, cfg.op_types, cfg.fp32_predictors)
+    if not nodes:
+        raise RuntimeError(f"{fp32_path}: no network nodes found to quantize (not exported by this version?)")
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.it = iter(tqdm(files, desc="calibrating", unit="img"))
+
+        def get_next(self):
+            path = next(self.it, None)
+            return None if path is None else {INPUT_NAME: np.asarray(open_image(path), dtype=np.uint8)[None]}
+
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    quantize_static(
+        str(fp32_path),
+        str(out_path),
+        Reader(),
+        quant_format=QuantFormat.QDQ,
+        per_channel=cfg.per_channel,
+        activation_type=QuantType.QUInt8,
+        weight_type=QuantType.QInt8,
+        op_types_to_quantize=list(cfg.op_types),
+        nodes_to_quantize=nodes,
+        calibrate_method=getattr(CalibrationMethod, _CALIBRATION_METHODS[cfg.method]),
+        extra_options={"WeightSymmetric": True, "ActivationSymmetric": False},
+    )
+    q = onnx.load(str(out_path))
+    meta = {p.key: p.value for p in model.metadata_props}
+    meta.update(
+        precision="int8",
+        calibration=f"{len(files)} images, {cfg.method}, {'per-channel' if cfg.per_channel else 'per-tensor'}",
+    )
+    set_metadata(q, meta)
+    onnx.save(q, str(out_path))
+    return out_path
+
+
+# ----------------------------------------------------------------------------- parity
+
+
+def match_detections(a, b, iou_min: float = 0.9, px_tol: float = 0.5) -> tuple[float, float]:
+    """Two Results of one image -> (fraction of a's detections that b has with the same
+    label, at IoU >= iou_min or with every coordinate within px_tol pixels, largest
+    coordinate difference among those pairs in pixels). The pixel rule covers boxes
+    clipped to zero area at an image edge, whose IoU with anything is 0. Greedy, closest
+    first; an empty ``a`` counts as fully matched when ``b`` is empty too."""
+    from torchvision.ops import box_iou
+
+    if len(a) == 0:
+        return (1.0 if len(b) == 0 else 0.0), 0.0
+    if len(b) == 0:
+        return 0.0, float("inf")
+    ba, bb = torch.from_numpy(a.boxes).float(), torch.from_numpy(b.boxes).float()
+    diff = (ba[:, None, :] - bb[None, :, :]).abs().amax(dim=2)  # (Da, Db)
+    ok = (box_iou(ba, bb) >= iou_min) | (diff <= px_tol)
+    ok &= torch.from_numpy(a.labels)[:, None] == torch.from_numpy(b.labels)[None, :]
+    diff = diff.masked_fill(~ok, float("inf"))
+    matched, worst = 0, 0.0
+    for i in range(len(a)):
+        j = int(diff[i].argmin())
+        if torch.isfinite(diff[i, j]):
+            matched += 1
+            worst = max(worst, float(diff[i, j]))
+            diff[:, j] = float("inf")  # each detection of b matches once
+    return matched / len(a), worst
+
+
+def parity_report(model: nn.Module, onnx_path: str | Path, images: list, conf: float | None = None) -> dict[str, float]:
+    """Eager PyTorch vs ONNX Runtime on the same images: matched fraction (worst image) and
+    the largest box coordinate difference in pixels."""
+    from .api import Detector
+
+    eager = Detector(model, conf=conf)
+    ort_det = Detector(onnx_path, conf=conf)
+    ra, rb = eager.predict(list(images)), ort_det.predict(list(images))
+    fractions, worst, count = [], 0.0, 0
+    for a, b in zip(ra, rb):
+        f, w = match_detections(a, b)
+        fractions.append(f)
+        worst = max(worst, w)
+        count += len(a)
+    return {"images": len(ra), "detections": count, "matched": min(fractions) if fractions else 1.0, "max_box_diff": worst}
+
+
+# ----------------------------------------------------------------------------- CLI
+
+
+def add_arguments(p) -> None:
+    p.add_argument("checkpoint", help="checkpoint (.pt) to export")
+    p.add_argument("--format", default="onnx", choices=["onnx"], help="output format (onnx)")
+    p.add_argument("--output", "-o", help="output file (default: the checkpoint's path with .onnx)")
+    p.add_argument("--size", type=int, default=None, help="input size the graph letterboxes to (default: the model's)")
+    p.add_argument("--conf", type=float, default=None, help="default score threshold (an input of the graph)")
+    p.add_argument("--iou", type=float, default=None, help="default NMS IoU threshold (an input of the graph)")
+    p.add_argument("--max-det", type=int, default=None, help="detections per image (fixed output rows)")
+    p.add_argument("--topk", type=int, default=None, help="candidates per pyramid level before NMS")
+    p.add_argument("--no-fold-bn", action="store_true", help="keep the head's per-level batch norms as separate ops")
+    p.add_argument("--opset", type=int, default=OPSET, help=f"ONNX opset (default {OPSET})")
+    p.add_argument("--int8", action="store_true", help="also write a static int8 model (<output stem>.int8.onnx)")
+    p.add_argument("--calibration", help="images for int8 calibration: folder or glob (required with --int8)")
+    p.add_argument("--calibration-images", type=int, default=QuantizeConfig.num_images, help="calibration images used (default 100)")
+    p.add_argument("--calibration-method", default=QuantizeConfig.method, choices=list(_CALIBRATION_METHODS))
+    p.add_argument("--fp32-predictors", action="store_true", help="int8: keep the final class/box convs in fp32")
+    p.add_argument("--verify", help="images (folder or glob) to compare eager PyTorch and ONNX Runtime detections on")
+
+
+def run(args) -> int:
+    from .checkpoint import model_from_checkpoint
+
+    ckpt = Path(args.checkpoint)
+    if args.int8 and not args.calibration:
+        raise ValueError("--int8 needs --calibration IMAGES (a folder or glob of representative images)")
+    model = model_from_checkpoint(ckpt)
+    out = Path(args.output) if args.output else ckpt.with_suffix(".onnx")
+    cfg = ExportConfig(
+        input_size=args.size,
+        score_thresh=args.conf,
+        nms_iou=args.iou,
+        max_detections=args.max_det,
+        topk=args.topk,
+        fold_bn=not args.no_fold_bn,
+        opset=args.opset,
+    )
+    export_onnx(model, out, cfg)
+    print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB, fp32)")
+    outputs = [out]
+    if args.int8:
+        q_out = out.with_name(out.stem + ".int8.onnx")
+        qcfg = QuantizeConfig(
+            num_images=args.calibration_images, method=args.calibration_method, fp32_predictors=args.fp32_predictors
+        )
+        quantize_int8(out, q_out, args.calibration, qcfg)
+        print(f"wrote {q_out} ({q_out.stat().st_size / 1e6:.1f} MB, int8)")
+        outputs.append(q_out)
+    if args.verify:
+        from .api import expand_images
+
+        images = expand_images(args.verify)[:16]
+        for path in outputs:
+            r = parity_report(model, path, images)
+            print(
+                f"{path.name}: eager vs onnxruntime on {r['images']} images, {r['detections']} detections: "
+                f"{r['matched']:.1%} matched (worst image), max box difference {r['max_box_diff']:.3f} px"
+            )
+    return 0
+
+
 __all__: Iterable[str] = [
     "ExportConfig",
+    "QuantizeConfig",
     "export_onnx",
+    "quantize_int8",
     "letterbox_graph",
     "DetectionGraph",
     "FoldedHead",
     "read_metadata",
+    "parity_report",
+    "match_detections",
     "PAD_LABEL",
 ]
