@@ -21,7 +21,7 @@ from retinanet.data import load_dataset
 from retinanet.data.coco import write_coco
 from retinanet.data.voc import write_voc
 from retinanet.data.dataset import DetectionDataset, Record
-from retinanet.data.images import read_image
+from retinanet.data.images import ImageError, read_image
 from retinanet.evaluate import (
     METRIC_NAMES,
     NO_GROUND_TRUTH,
@@ -426,7 +426,7 @@ def raccoon_dataset(root: Path, split: str = "test") -> DetectionDataset:
 def tiny_model():
     torch.manual_seed(0)
     cfg = preset("default", num_classes=1, input_size=128)
-    cfg.backbone.weights = "none"
+    cfg.backbone.weights, cfg.backbone.freeze_bn = "none", False  # random backbone: nothing to freeze
     cfg.postprocess.score_thresh = 0.0  # an untrained model scores about the 0.01 prior: keep its boxes
     cfg.postprocess.max_detections = 20
     model = build_model(cfg, class_names=["raccoon"], category_ids=[0])
@@ -441,7 +441,7 @@ def test_evaluate_loop_writes_every_promised_file(raccoon, tiny_model, tmp_path)
     ds = raccoon_dataset(raccoon)
     tiny_model.train()
     out = tmp_path / "eval"
-    report = run_evaluation(tiny_model, ds, batch_size=4, out_dir=out, progress=False, max_images=10)
+    report = run_evaluation(tiny_model, ds, batch_size=3, out_dir=out, progress=False, max_images=6)
     assert tiny_model.training  # training mode restored
     assert list(report.metrics) == list(METRIC_NAMES) and all(isinstance(v, float) for v in report.metrics.values())
 
@@ -456,11 +456,11 @@ def test_evaluate_loop_writes_every_promised_file(raccoon, tiny_model, tmp_path)
         scale = min(1.0, 640 / max(rgb.shape[-2:]))
         assert im.width > 2 * rgb.shape[-1] * scale  # two panels side by side
     saved = json.loads((out / "metrics.json").read_text())
-    assert saved["metrics"] == report.metrics and saved["images"] == 10
+    assert saved["metrics"] == report.metrics and saved["images"] == 6
     results = json.loads((out / "detections.json").read_text())
-    assert len(results) == saved["detections"] == 10 * 20
+    assert len(results) == saved["detections"] == 6 * 20
     gt = json.loads((out / "ground_truth.json").read_text())
-    assert len(gt["images"]) == 10 and {a["category_id"] for a in gt["annotations"]} == {0}
+    assert len(gt["images"]) == 6 and {a["category_id"] for a in gt["annotations"]} == {0}
     with open(out / "confusion_matrix.csv") as f:
         assert next(csv.reader(f)) == ["true \\ predicted", "raccoon", "background"]
     # The metrics are those of pycocotools on the written files.
@@ -476,8 +476,8 @@ def test_evaluate_loop_writes_every_promised_file(raccoon, tiny_model, tmp_path)
 
 def test_evaluate_returns_flat_metrics_and_writes_no_plots_when_off(raccoon, tiny_model, tmp_path):
     ds = raccoon_dataset(raccoon)
-    m0 = evaluate(tiny_model, ds, batch_size=3, progress=False, max_images=5)
-    m1 = evaluate(tiny_model, ds, batch_size=5, workers=1, out_dir=tmp_path, plots=False, progress=False, max_images=5)
+    m0 = evaluate(tiny_model, ds, batch_size=2, progress=False, max_images=4)
+    m1 = evaluate(tiny_model, ds, batch_size=4, workers=1, out_dir=tmp_path, plots=False, progress=False, max_images=4)
     assert m0 == m1 and list(m0) == list(METRIC_NAMES)  # batch size and worker processes change nothing
     assert not list(tmp_path.rglob("*.png"))
     assert {p.name for p in tmp_path.iterdir()} == {"ground_truth.json", "detections.json", "metrics.json", "per_class.csv", "per_class.txt"}
@@ -490,6 +490,17 @@ def test_evaluate_rejects_bad_input(raccoon, tiny_model):
     empty = DetectionDataset([rec(1, [], [])], ["raccoon"], [0], Path("/data/empty"), "voc")
     with pytest.raises(ValueError, match="/data/empty: no .*ground-truth boxes"):
         evaluate(tiny_model, empty, progress=False)
+
+
+def test_a_broken_image_is_one_clear_error_even_from_a_worker(tiny_model, tmp_path):
+    (tmp_path / "broken.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
+    broken = Record(tmp_path / "broken.jpg", 1, 100, 100, [[0, 0, 10, 10]], [0])
+    ds = DetectionDataset([broken], ["raccoon"], [0], tmp_path, "voc")
+    for workers in (0, 1):
+        with pytest.raises(ImageError) as info:
+            evaluate(tiny_model, ds, workers=workers, progress=False)
+        message = str(info.value)
+        assert "broken.jpg: cannot decode image" in message and "\n" not in message, (workers, message)
 
 
 def test_label_mapping_by_name():

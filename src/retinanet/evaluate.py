@@ -37,7 +37,7 @@ from tqdm import tqdm
 
 from .boxes import batched_box_ioa
 from .data.dataset import DetectionDataset, Record
-from .data.images import read_image
+from .data.images import ImageError, read_image
 from .postprocess import Detections
 from .preprocess import letterbox
 
@@ -424,16 +424,22 @@ def predict_dataset(
     boxes in original pixels, on the CPU, labels in the model's 0..K-1."""
     if batch_size < 1 or workers < 0:
         raise ValueError(f"batch_size must be >= 1 and workers >= 0, got {batch_size} and {workers}")
-    loader = torch.utils.data.DataLoader(
-        _LetterboxedImages(records, model.cfg.input_size), batch_size=batch_size, num_workers=workers, shuffle=False
-    )
     device = next(model.parameters()).device
+    loader = torch.utils.data.DataLoader(
+        _LetterboxedImages(records, model.cfg.input_size),
+        batch_size=batch_size,
+        num_workers=workers,
+        shuffle=False,
+        pin_memory=device.type == "cuda",
+    )
     detections: list[Detections] = []
     mismatched: list[str] = []
     was_training = model.training
     model.eval()
     try:
-        with torch.inference_mode(), tqdm(total=len(records), desc="eval", unit="img", disable=not progress) as bar:
+        # no_grad, not inference_mode: the model caches anchors, and inference tensors in that
+        # cache would break later in-place use of them (training continues on this model).
+        with torch.no_grad(), tqdm(total=len(records), desc="eval", unit="img", disable=not progress) as bar:
             for images, scales, sizes in loader:  # (N, 3, S, S), (N,), (N, 2)
                 start = len(detections)
                 for rec, (h, w) in zip(records[start : start + len(images)], sizes.tolist()):
@@ -443,6 +449,11 @@ def predict_dataset(
                 out = model.postprocess(model(images), tuple(images.shape[-2:]), scales.to(device), sizes.to(device))
                 detections.extend(Detections(d.boxes.cpu(), d.scores.cpu(), d.labels.cpu()) for d in out)
                 bar.update(len(images))
+    except ImageError as e:
+        message = str(e)
+        if "Original Traceback" in message:  # from a worker: the message carries the worker's traceback
+            message = message.strip().splitlines()[-1].split(": ", 1)[-1]
+        raise ImageError(message) from None
     finally:
         model.train(was_training)
     if mismatched:
