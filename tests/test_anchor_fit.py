@@ -49,9 +49,8 @@ def test_best_possible_recall_by_hand():
     assert r.mean_best_iou == pytest.approx((1 + 1 / 3 + c_iou + 1 + 0.25) / 5)
 
 
-@pytest.mark.parametrize("name", ["default", "full"])
-def test_nearest_centre_search_equals_all_anchors(coco128, name):
-    cfg = preset(name)
+def test_nearest_centre_search_equals_all_anchors(coco128):
+    cfg = preset("default")  # 320 px: P7 has ceil(320 / 128) = 3 cells, the last one partly outside
     ds = load_dataset(coco128, "train", check="header", progress=False)
     boxes, skipped = letterboxed_boxes(ds, cfg.input_size)
     assert len(boxes) == 929 and skipped == 10  # coco128: 929 boxes + 10 crowd regions

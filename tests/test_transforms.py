@@ -136,7 +136,7 @@ def test_random_geometry_keeps_boxes_on_their_pixels(iou_crop):
     cfg = AugmentConfig(hflip=0.5, scale=(0.5, 2.0), iou_crop=iou_crop, color_jitter=0.0)
     t = DetectionTransforms(128, train=True, cfg=cfg)
     seen_crops = 0
-    for seed in range(25):
+    for seed in range(16):
         out, out_boxes, labels, _ = run(t, img, boxes, [0, 1], [False, True], seed=seed)
         assert out.shape == (3, 128, 128)
         for label, colour in ((0, RED), (CROWD_LABEL, BLUE)):  # the ignore region travels as CROWD_LABEL
