@@ -476,7 +476,10 @@ def _format_value(v: float) -> str:
 
 def format_metrics(metrics: dict[str, float]) -> str:
     """The 12 numbers, one per line, in pycocotools' order and wording."""
-    return "\n".join(f"{name:<6s} {METRIC_DESCRIPTIONS[name]}  {_format_value(metrics[name])}" for name in METRIC_NAMES)
+    width = max(len(d) for d in METRIC_DESCRIPTIONS.values())
+    return "\n".join(
+        f"{name:<6s} {METRIC_DESCRIPTIONS[name]:<{width}s}  {_format_value(metrics[name])}" for name in METRIC_NAMES
+    )
 
 
 TABLE_COLUMNS = ("class", "category_id", "images", "instances", "detections", "AP", "AP50", "AP75", "AR100")

@@ -115,7 +115,7 @@ def plot_confusion_matrix(
     rows = m.sum(1, keepdims=True)
     norm = np.divide(m, rows, out=np.zeros_like(m), where=rows > 0)
     n = len(keep)
-    side = min(4 + 0.3 * n, 30)
+    side = min(5.5 + 0.3 * n, 30)
     fig, ax = plt.subplots(figsize=(side, side * 0.85))
     im = ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="fraction of the true class")
