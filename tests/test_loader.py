@@ -176,3 +176,18 @@ def test_torch_dataset_has_one_sample_per_record(coco16):
     image, target = ds[0]
     assert image.shape == (3, 96, 96) and 0 <= image.min() and image.max() <= 1
     assert target["boxes"].shape[1] == 4 and len(target["boxes"]) == len(target["labels"])
+
+
+def test_distributed_loader_shards_by_rank(coco16, tmp_path):
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        loader = build_loader(coco16, 96, train=True, batch_size=4, workers=0, seed=2, distributed=True)
+        loader.set_epoch(1)
+        ids = torch.cat([b.image_ids for b in loader]).tolist()
+        # World size 1: this rank sees every image once, in DistributedSampler's (seed, epoch) order.
+        order = torch.randperm(16, generator=torch.Generator().manual_seed(2 + 1)).tolist()
+        assert ids == [coco16.records[i].image_id for i in order]
+    finally:
+        dist.destroy_process_group()
