@@ -137,3 +137,11 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
     assert "retinanet anchors: error:" in capsys.readouterr().err
     assert main(["anchors", str(tmp_path), "--fit", "0", "3"]) == 1
     assert "--fit" in capsys.readouterr().err
+
+
+def test_cli_model_overrides_change_the_measured_anchors(raccoon, capsys):
+    assert main(["anchors", str(raccoon), "model.anchors.sizes=[16,32,64,128,256]", "--split", "test"]) == 0
+    out = capsys.readouterr().out
+    assert "anchor sizes [16, 32, 64, 128, 256]" in out
+    assert main(["anchors", str(raccoon), "anchors.sizes=[16,32,64,128,256]"]) == 1
+    assert "only model.* overrides" in capsys.readouterr().err

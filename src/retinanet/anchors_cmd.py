@@ -5,11 +5,19 @@ from __future__ import annotations
 
 import argparse
 
-from .config import PRESETS, preset
+from .config import PRESETS, apply_overrides, preset
+
+MODEL_PREFIX = "model."  # overrides are written as for `retinanet train`
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("source", help="dataset folder, COCO json or dataset spec yaml")
+    p.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="model.key=value",
+        help="model config overrides, e.g. model.anchors.sizes=[16,32,64,128,256] model.loss.fg_iou=0.4",
+    )
     p.add_argument("--split", default="train", help="split to measure (default: train)")
     p.add_argument("--preset", default="default", choices=PRESETS, help="model preset whose anchors are measured")
     p.add_argument("--input-size", type=int, default=None, help="input size (default: the preset's)")
@@ -29,6 +37,10 @@ def run(args: argparse.Namespace) -> int:
     from .data.anchor_fit import anchor_report, format_report, plot_report
 
     cfg = preset(args.preset)
+    bad = [o for o in args.overrides if not o.startswith(MODEL_PREFIX)]
+    if bad:
+        raise ValueError(f"only model.* overrides apply here, got {', '.join(bad)}")
+    apply_overrides(cfg, [o[len(MODEL_PREFIX) :] for o in args.overrides])
     if args.input_size is not None:
         if args.input_size < 32:
             raise ValueError(f"--input-size must be at least 32, got {args.input_size}")
@@ -40,8 +52,9 @@ def run(args: argparse.Namespace) -> int:
     print(f"{args.source} [{args.split}]: {len(dataset)} images, preset {args.preset}")
     print(format_report(report))
     if args.fit:
+        extra = "".join(f" {o}" for o in args.overrides if not o.startswith("model.anchors.scales=") and not o.startswith("model.anchors.ratios="))
         size = f" model.input_size={cfg.input_size}" if args.input_size is not None else ""
-        print(f"train with them: retinanet train --data {args.source} --preset {args.preset}{size} {_fitted(report)}")
+        print(f"train with them: retinanet train --data {args.source} --preset {args.preset}{extra}{size} {_fitted(report)}")
     if args.plot:
         print(f"plot: {plot_report(report, args.plot)}")
     return 0

@@ -67,6 +67,7 @@ class AnchorFitReport:
     skipped: int
     """Boxes left out: ignore regions and boxes of zero width or height."""
     default: AnchorRecall
+    """The config's anchors (the preset's unless overridden); shown as 'config'."""
     fitted: AnchorRecall | None = None
 
 
@@ -303,8 +304,8 @@ def overrides(scales: tuple[float, ...], ratios: tuple[float, ...]) -> str:
 
 
 def format_report(report: AnchorFitReport) -> str:
-    """A text table: boxes and best possible recall per size bucket, default vs fitted."""
-    cols = [("default", report.default)] + ([("fitted", report.fitted)] if report.fitted else [])
+    """A text table: boxes and best possible recall per size bucket, config vs fitted."""
+    cols = [("config", report.default)] + ([("fitted", report.fitted)] if report.fitted else [])
     pct = lambda v: "-" if v is None else f"{100 * v:.1f}%"  # noqa: E731
     labels = {
         "small": f"small (< {int(math.sqrt(SMALL_MAX_AREA))}^2 px)",
@@ -339,9 +340,9 @@ def plot_report(report: AnchorFitReport, path: str | Path) -> Path:
     b = report.boxes
     w, h = (b[:, 2] - b[:, 0]).numpy(), (b[:, 3] - b[:, 1]).numpy()
     hit = (report.default.best_iou >= report.default.fg_iou).numpy()
-    ax.scatter(w[hit], h[hit], s=6, c="tab:blue", alpha=0.5, label="box (covered by default anchors)")
+    ax.scatter(w[hit], h[hit], s=6, c="tab:blue", alpha=0.5, label="box (covered by config anchors)")
     ax.scatter(w[~hit], h[~hit], s=6, c="tab:red", alpha=0.5, label="box (not covered)")
-    sets = [("default", report.default, "k", "x")] + ([("fitted", report.fitted, "tab:green", "+")] if report.fitted else [])
+    sets = [("config", report.default, "k", "x")] + ([("fitted", report.fitted, "tab:green", "+")] if report.fitted else [])
     for name, r, colour, marker in sets:
         aw, ah = [], []
         for size in report.sizes:
