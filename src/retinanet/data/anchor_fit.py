@@ -182,7 +182,7 @@ def _kmeans(
     for _ in range(iterations):
         side = sizes[:, None, None] * log_s.exp()[None, :, None]  # (L, S, 1)
         sqrt_r = (0.5 * log_r).exp()[None, None, :]  # (1, 1, R)
-        aw, ah = (side / sqrt_r).expand(-1, n_s, n_r), (side * sqrt_r).expand(-1, n_s, n_r)  # (L, S, R)
+        aw, ah = side / sqrt_r, side * sqrt_r  # (L, S, R) widths and heights
         shapes = _centred(aw.reshape(-1), ah.reshape(-1))  # (L*S*R, 4), level-major like the head
         new = box_iou(boxes, shapes).argmax(dim=1)  # (B,)
         if assign is not None and torch.equal(new, assign):
