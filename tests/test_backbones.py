@@ -63,7 +63,7 @@ def test_offline_weights_installed_with_checked_hash():
 def test_user_weights_file_loads_and_bad_file_is_reported(tmp_path):
     clf = torchvision.models.mobilenet_v3_small()
     torch.save(clf.state_dict(), tmp_path / "v3s.pth")
-    b = build_backbone(BackboneConfig(name="mobilenet_v3_small", weights=str(tmp_path / "v3s.pth")))
+    b = build_backbone(BackboneConfig(name="mobilenet_v3_small", weights=str(tmp_path / "v3s.pth"), freeze_bn=False))
     torch.testing.assert_close(b.stages[0][0][0].weight, clf.features[0][0].weight)
     (tmp_path / "junk.pth").write_bytes(b"not a checkpoint")
     with pytest.raises(RuntimeError, match="junk.pth"):
@@ -101,7 +101,7 @@ def test_imagenet_mobilenet_v2_ranks_right_class_in_top5(coco128):
 def test_detector_backbone_uses_the_imagenet_features():
     ref = torchvision.models.mobilenet_v2()
     ref.load_state_dict(imagenet_state_dict("mobilenet_v2"))
-    b = build_backbone(BackboneConfig()).eval()
+    b = build_backbone(BackboneConfig(freeze_bn=False)).eval()
     x = torch.rand(1, 3, 64, 64)
     with torch.no_grad():
         torch.testing.assert_close(b(x)[-1], ref.eval().features(x))

@@ -74,7 +74,7 @@ def test_a_few_steps_overfit_a_real_coco128_batch(coco128):
         out["loss"].backward()
         opt.step()
         losses.append(out["loss"].item())
-    assert losses[-1] < 0.5 * losses[0], losses
+    assert losses[-1] < 0.7 * losses[0], losses
     assert out["num_fg"] > 0
 
 

@@ -10,12 +10,13 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import warnings
 from pathlib import Path
 
 import torch
 import torchvision
 from torch import Tensor, nn
-from torchvision.ops.misc import FrozenBatchNorm2d
+from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from .config import BackboneConfig
 
@@ -278,7 +279,7 @@ def build_backbone(cfg: BackboneConfig) -> Backbone:
         if cfg.width != 1.0:
             raise ValueError(f"ImageNet weights exist for width 1.0 only, not {cfg.width}")
         classifier.load_state_dict(imagenet_state_dict(cfg.name))
-    elif source.lower() not in ("none", ""):
+    elif source.lower() not in ("none", "", "checkpoint"):
         state = load_weights_file(source)
         if not any(k.startswith("features.") for k in state):
             # Also accept a bare features state dict (keys "0.0.weight", ...).
@@ -298,23 +299,29 @@ def build_backbone(cfg: BackboneConfig) -> Backbone:
             )
     backbone = _split_features(classifier.features)
     if cfg.freeze_bn:
-        backbone = convert_frozen_bn(backbone)
+        if source.lower() in ("none", ""):  # 'checkpoint': the weights arrive later, already folded
+            warnings.warn(
+                f"backbone.freeze_bn with backbone.weights={source!r}: batch norm is frozen at its initial "
+                "statistics, so the backbone trains without normalisation; set backbone.freeze_bn=false",
+                stacklevel=2,
+            )
+        backbone = fold_frozen_bn(backbone)
     if cfg.freeze_stages:
         backbone.freeze(cfg.freeze_stages)
     return backbone
 
 
-def convert_frozen_bn(module: nn.Module) -> nn.Module:
-    """Replace every BatchNorm2d by FrozenBatchNorm2d with the same statistics."""
-    if isinstance(module, nn.BatchNorm2d):
-        frozen = FrozenBatchNorm2d(module.num_features, eps=module.eps)
-        frozen.weight.copy_(module.weight.detach())
-        frozen.bias.copy_(module.bias.detach())
-        frozen.running_mean.copy_(module.running_mean)
-        frozen.running_var.copy_(module.running_var)
-        return frozen
-    for name, child in module.named_children():
-        new = convert_frozen_bn(child)
-        if new is not child:
-            setattr(module, name, new)
+def fold_frozen_bn(module: nn.Module) -> nn.Module:
+    """Freeze batch norm by folding it into the conv before it (conv gains a bias, BN
+    becomes Identity). Same function as eval-mode BN, and free at run time: in training on
+    a CPU, batch norm of the high-resolution early layers costs as much as their convs."""
+    for child in module.children():
+        fold_frozen_bn(child)
+    if isinstance(module, nn.Sequential):
+        layers = list(module)
+        for i in range(len(layers) - 1):
+            conv, bn = layers[i], layers[i + 1]
+            if isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d):
+                module[i] = fuse_conv_bn_eval(conv.eval(), bn.eval())
+                module[i + 1] = nn.Identity()
     return module

@@ -57,7 +57,7 @@ def model_from_checkpoint(path_or_state: str | Path | dict[str, Any], use_ema: b
 
     state = path_or_state if isinstance(path_or_state, dict) else load_checkpoint(path_or_state)
     cfg: ModelConfig = from_dict(ModelConfig, state["config"]["model"], "model")
-    cfg.backbone.weights = "none"  # every weight comes from the checkpoint
+    cfg.backbone.weights = "checkpoint"  # every weight comes from the checkpoint
     model = RetinaNet(cfg, class_names=state.get("class_names"), category_ids=state.get("category_ids"))
     weights = state["ema"] if use_ema and state.get("ema") else state["model"]
     model.load_state_dict(weights)

@@ -36,11 +36,13 @@ class BackboneConfig:
     width: float = 1.0
     """Width multiplier of MobileNetV1 (1.0, 0.75, 0.5, 0.25); other backbones use 1.0."""
     weights: str = "imagenet"
-    """'imagenet' (torchvision's ImageNet weights), a path to a .pth file, or 'none'."""
+    """'imagenet' (torchvision's ImageNet weights), a path to a .pth file, or 'none'
+    ('checkpoint' is set when a detector checkpoint supplies every weight)."""
     freeze_stages: int = 0
     """Number of leading stages (stem = 1) whose parameters are frozen."""
-    freeze_bn: bool = False
-    """Replace the backbone's batch norm by frozen batch norm (fixed statistics)."""
+    freeze_bn: bool = True
+    """Freeze the backbone's batch norm at its pretrained statistics (folded into the convs).
+    Right for fine-tuning with small batches; turn off when training a backbone from scratch."""
 
 
 @dataclass
@@ -248,14 +250,14 @@ def preset(name: str = "default", num_classes: int = 80, **overrides: Any) -> Mo
         cfg = ModelConfig(
             input_size=640,
             # No ImageNet MobileNetV1 ships with torchvision: start from `retinanet pretrain` output.
-            backbone=BackboneConfig(name="mobilenet_v1", weights="none"),
+            backbone=BackboneConfig(name="mobilenet_v1", weights="none", freeze_bn=False),
             fpn=FPNConfig(channels=256, lite=False),
             head=HeadConfig(lite=False, norm="gn"),
         )
     elif name in ("v3", "v3_small"):
         backbone = "mobilenet_v3_large" if name == "v3" else "mobilenet_v3_small"
         # ImageNet V3 weights come from torchvision's cache or a user-given file; none ship offline.
-        cfg = ModelConfig(backbone=BackboneConfig(name=backbone, weights="none"))
+        cfg = ModelConfig(backbone=BackboneConfig(name=backbone, weights="none", freeze_bn=False))
     else:
         raise ConfigError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
     cfg.preset = name

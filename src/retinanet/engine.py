@@ -7,6 +7,7 @@ The loop knows the model only through ``model(images)`` -> raw outputs,
 
 from __future__ import annotations
 
+import copy
 import csv
 import math
 import os
@@ -205,6 +206,7 @@ class Trainer:
         on_step: Callable[[Trainer], None] | None = None,
         train_data: DetectionDataset | None = None,
         val_data: DetectionDataset | None = None,
+        load_backbone_weights: bool = True,
     ):
         self.cfg = cfg
         self.progress = progress
@@ -229,8 +231,11 @@ class Trainer:
             raise ValueError(f"{cfg.data.source}: split {cfg.data.train_split!r} has no images")
 
         cfg.model.num_classes = self.train_data.num_classes
+        model_cfg = copy.deepcopy(cfg.model)
+        if not load_backbone_weights:
+            model_cfg.backbone.weights = "checkpoint"  # a checkpoint will supply every weight
         self.model = RetinaNet(
-            cfg.model, class_names=self.train_data.class_names, category_ids=self.train_data.category_ids
+            model_cfg, class_names=self.train_data.class_names, category_ids=self.train_data.category_ids
         ).to(self.device)
         if t.sync_bn and self.dist.enabled:
             if self.device.type != "cuda":
@@ -344,18 +349,21 @@ class Trainer:
             data=from_dict(type(RunConfig().data), raw["data"], "data"),
             train=from_dict(TrainConfig, raw["train"], "train"),
         )
-        cfg.model.backbone.weights = "none"  # the checkpoint holds every weight
-        trainer = cls(cfg, run_dir=ckpt.parent, **kwargs)
+        trainer = cls(cfg, run_dir=ckpt.parent, load_backbone_weights=False, **kwargs)
         trainer.load_state(state)
         return trainer
 
     # -- training
 
     def _log_csv(self, row: dict[str, float]) -> None:
+        from .evaluate import METRIC_NAMES
+
         path = self.run_dir / "results.csv"
         new = not path.exists()
+        columns = [k for k in row if not k.startswith("val_")] + [f"val_{k}" for k in METRIC_NAMES]
         with open(path, "a", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=list(row))
+            # Fixed columns: epochs that skip validation leave the val_ fields empty.
+            w = csv.DictWriter(f, fieldnames=columns, restval="", extrasaction="ignore")
             if new:
                 w.writeheader()
             w.writerow(row)
