@@ -1,0 +1,296 @@
+"""ONNX export: the graph against eager PyTorch on real images, dynamic batch, metadata,
+threshold inputs, BN folding, the in-graph letterbox, int8 structure, errors.
+
+One small model (128 px, 3 classes, head perturbed so scores spread instead of tying at
+the prior) is exported once per session through `retinanet export`; test_predict.py and
+test_cli.py reuse it through ``exported``.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+
+from retinanet.api import Detector
+from retinanet.checkpoint import model_from_checkpoint, save_checkpoint
+from retinanet.cli import main
+from retinanet.config import preset, to_dict
+from retinanet.data.images import read_image
+from retinanet.export import (
+    PAD_LABEL,
+    DetectionGraph,
+    ExportConfig,
+    FoldedHead,
+    QuantizeConfig,
+    export_onnx,
+    letterbox_graph,
+    match_detections,
+    network_nodes,
+    quantize_int8,
+    read_metadata,
+)
+from retinanet.model import build_model
+from retinanet.preprocess import letterbox
+
+SIZE = 128
+CLASS_NAMES = ["cat", "dog", "bird"]
+CATEGORY_IDS = [17, 18, 16]
+COCO_IMAGES = ["000000000009.jpg", "000000000025.jpg", "000000000030.jpg", "000000000034.jpg"]
+RACCOON_IMAGES = ["raccoon-1.jpg", "raccoon-23.jpg", "raccoon-150.jpg"]
+
+
+_BUILT: dict[int, torch.nn.Module] = {}
+
+
+def build_test_model(seed: int = 0):
+    """An untrained default-preset model whose head is perturbed: scores spread over
+    (0, 1) and every level's batch norm has its own statistics, so top-k, NMS and the
+    BN folding all have something to get wrong. Built once (ImageNet weights load from
+    disk), then copied."""
+    if seed not in _BUILT:
+        _BUILT[seed] = _build(seed)
+    return copy.deepcopy(_BUILT[seed])
+
+
+def _build(seed: int):
+    torch.manual_seed(seed)
+    model = build_model(preset("default", num_classes=len(CLASS_NAMES), input_size=SIZE), CLASS_NAMES, CATEGORY_IDS)
+    with torch.no_grad():
+        for m in model.head.modules():
+            if isinstance(m, torch.nn.Conv2d):
+                torch.nn.init.normal_(m.weight, std=0.2)
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.normal_(0, 0.2)
+                m.running_var.uniform_(0.5, 2.0)
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.normal_(0, 0.1)
+    return model.eval()
+
+
+def _build_files(root: Path) -> tuple[Path, Path]:
+    ckpt, onnx_path = root / "model.pt", root / "model.onnx"
+    if not onnx_path.exists():
+        model = build_test_model()
+        state = {"model": model.state_dict(), "config": {"model": to_dict(model.cfg)}}
+        save_checkpoint({**state, "class_names": CLASS_NAMES, "category_ids": CATEGORY_IDS}, ckpt)
+        assert main(["export", str(ckpt), "--output", str(onnx_path)]) == 0
+    return ckpt, onnx_path
+
+
+@pytest.fixture(scope="session")
+def exported(tmp_path_factory) -> tuple[Path, Path]:
+    """(checkpoint, exported .onnx) of build_test_model(), written once per session."""
+    return _build_files(tmp_path_factory.getbasetemp() / "export_shared")
+
+
+def real_images(coco128: Path, raccoon: Path) -> list[Path]:
+    return [coco128 / "train2017" / f for f in COCO_IMAGES] + [raccoon / "images" / f for f in RACCOON_IMAGES]
+
+
+def _session(path: Path) -> ort.InferenceSession:
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 2
+    opts.log_severity_level = 3
+    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+
+
+def _hwc(path: Path) -> np.ndarray:
+    return read_image(path).permute(1, 2, 0).numpy()  # (3, H, W) -> (H, W, 3)
+
+
+# ----------------------------------------------------------------------------- graph parts
+
+
+def test_folded_head_equals_shared_head():
+    model = build_test_model()
+    feats = [torch.randn(2, 128, s, s) for s in (16, 8, 4, 2, 1)]
+    with torch.no_grad():
+        ref_cls, ref_box = model.head(feats)
+        cls, box = FoldedHead(model.head, 5).eval()(feats)
+    assert cls.shape == ref_cls.shape == (2, (256 + 64 + 16 + 4 + 1) * 9, 3)
+    torch.testing.assert_close(cls, ref_cls, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(box, ref_box, rtol=1e-4, atol=1e-4)
+    # Folding really happened: the towers have no batch norm left, one conv copy per level.
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in FoldedHead(model.head, 5).modules())
+
+
+def test_letterbox_graph_matches_torch_letterbox(coco128, raccoon):
+    sess = ort.InferenceSession(letterbox_graph(SIZE).SerializeToString(), providers=["CPUExecutionProvider"])
+    images = [read_image(p) for p in real_images(coco128, raccoon)[:1] + real_images(coco128, raccoon)[-2:]]
+    images.append(torch.randint(0, 256, (3, 7, 5), dtype=torch.uint8))  # tiny: upsampling, odd sides
+    images.append(torch.randint(0, 256, (3, 600, 22), dtype=torch.uint8))  # narrow: 22 * 128 / 600 = 4.69 -> 5 columns
+    for img in images:
+        ref, scales, sizes = letterbox([img], SIZE)
+        x, scale, limits = sess.run(None, {"images": img.permute(1, 2, 0).numpy()[None]})
+        h, w = img.shape[-2:]
+        assert x.shape == (1, 3, SIZE, SIZE)
+        np.testing.assert_allclose(x, ref.numpy(), atol=1e-5)  # 1/255 is 4e-3
+        assert scale[0] == pytest.approx(float(scales[0]), rel=1e-6)
+        assert limits.tolist() == [w, h, w, h]
+
+
+def test_detection_graph_eager_matches_postprocess(coco128):
+    """The export's static-shape top-k + dense NMS pick gives postprocess()'s detections."""
+    model = build_test_model()
+    model.cfg.postprocess.score_thresh = 0.02  # more boxes to compare
+    img = read_image(coco128 / "train2017" / "000000000009.jpg")  # 640 x 480
+    batch, scales, sizes = letterbox([img, img.flip(-1)], SIZE)
+    post = model.cfg.postprocess
+    graph = DetectionGraph(model, SIZE, post).eval()
+    with torch.no_grad():
+        ref = model.postprocess(model(batch), (SIZE, SIZE), scales, sizes)
+        limits = torch.tensor([640.0, 480.0, 640.0, 480.0])
+        boxes, scores, labels, count = graph(
+            batch, scales[:1], limits, torch.tensor([post.score_thresh]), torch.tensor([post.nms_iou])
+        )
+    assert boxes.shape == (2, post.max_detections, 4)
+    for i in range(2):
+        n = int(count[i])
+        assert n == len(ref[i]) > 20
+        torch.testing.assert_close(scores[i, :n], ref[i].scores, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(boxes[i, :n], ref[i].boxes, rtol=1e-4, atol=1e-2)
+        assert torch.equal(labels[i, :n], ref[i].labels)
+        assert (labels[i, n:] == PAD_LABEL).all() and (scores[i, n:] == 0).all()
+
+
+# ----------------------------------------------------------------------------- exported graph
+
+
+def test_onnxruntime_matches_eager_on_real_images(exported, coco128, raccoon):
+    ckpt, onnx_path = exported
+    eager, ort_det = Detector(model_from_checkpoint(ckpt)), Detector(onnx_path)
+    assert ort_det.backend_name == "onnx" and eager.backend_name == "torch"
+    files = real_images(coco128, raccoon)
+    total = 0
+    for a, b in zip(eager.predict(files), ort_det.predict(files)):
+        assert len(a) == len(b), a.source
+        fraction, worst = match_detections(a, b)
+        assert fraction == 1.0, a.source
+        # Boxes in original pixels: input-pixel float noise times up to 640 / 128.
+        assert worst < 0.05, a.source
+        np.testing.assert_allclose(np.sort(a.scores), np.sort(b.scores), atol=1e-5)
+        total += len(a)
+    assert total > 100  # the comparison saw plenty of boxes
+
+
+def test_dynamic_batch_equals_single_images(exported, coco128):
+    _, onnx_path = exported
+    sess = _session(onnx_path)
+    frames = [_hwc(coco128 / "train2017" / "000000000009.jpg")]  # 480 x 640
+    frames += [frames[0][:, ::-1].copy(), frames[0][::-1].copy()]  # same size, different content
+    batched = sess.run(None, {"images": np.stack(frames)})
+    assert batched[0].shape == (3, 100, 4) and batched[3].shape == (3,)
+    for i, frame in enumerate(frames):
+        single = sess.run(None, {"images": frame[None]})
+        n = int(single[3][0])
+        assert n == int(batched[3][i]) > 0
+        np.testing.assert_allclose(batched[0][i, :n], single[0][0, :n], atol=1e-3)
+        np.testing.assert_allclose(batched[1][i, :n], single[1][0, :n], atol=1e-6)
+        np.testing.assert_array_equal(batched[2][i, :n], single[2][0, :n])
+
+
+def test_metadata_and_signature(exported):
+    _, onnx_path = exported
+    meta = read_metadata(onnx_path)
+    assert json.loads(meta["class_names"]) == CLASS_NAMES
+    assert json.loads(meta["category_ids"]) == CATEGORY_IDS
+    assert int(meta["input_size"]) == SIZE and meta["precision"] == "fp32"
+    model = onnx.load(str(onnx_path))
+    (inp,) = [i for i in model.graph.input if i.name == "images"]
+    assert inp.type.tensor_type.elem_type == onnx.TensorProto.UINT8
+    dims = [d.dim_param or d.dim_value for d in inp.type.tensor_type.shape.dim]
+    assert dims == ["batch", "height", "width", 3]
+    assert [o.name for o in model.graph.output] == ["boxes", "scores", "labels", "num_detections"]
+    assert any(n.op_type == "NonMaxSuppression" for n in model.graph.node)
+    assert not any(n.op_type == "BatchNormalization" for n in model.graph.node)
+
+
+def test_threshold_inputs_match_eager_with_same_thresholds(exported, coco128):
+    ckpt, onnx_path = exported
+    img = coco128 / "train2017" / "000000000034.jpg"  # the image with the highest scores
+    eager, ort_det = Detector(model_from_checkpoint(ckpt)), Detector(onnx_path)
+    for conf, iou in ((0.1, 0.5), (0.03, 0.2)):
+        a, b = eager.predict(img, conf=conf, iou=iou), ort_det.predict(img, conf=conf, iou=iou)
+        assert len(a) == len(b) > 0
+        assert (b.scores > conf).all()
+        assert match_detections(a, b)[0] == 1.0
+    assert len(ort_det.predict(img, conf=0.1)) < len(ort_det.predict(img, conf=0.02))
+    # The graph keeps its padded rows: count < max rows, pad label past it.
+    sess = _session(onnx_path)
+    out = sess.run(None, {"images": _hwc(img)[None], "score_threshold": np.array([0.1], np.float32)})
+    n = int(out[3][0])
+    assert 0 < n < 100 and (out[2][0, n:] == PAD_LABEL).all() and (out[0][0, n:] == 0).all()
+
+
+def test_max_detections_and_size_options(coco128):
+    """Fixed output rows and another input size (run eagerly: the same module is exported)."""
+    model = build_test_model()
+    post = model.cfg.postprocess
+    post.max_detections, post.score_thresh = 7, 0.0
+    graph = DetectionGraph(model, 96, post).eval()
+    batch, scales, _ = letterbox([read_image(coco128 / "train2017" / "000000000009.jpg")], 96)
+    with torch.no_grad():
+        boxes, scores, labels, count = graph(batch, scales, torch.tensor([640.0, 480, 640, 480]), torch.zeros(1), torch.tensor([0.5]))
+    assert boxes.shape == (1, 7, 4) and int(count[0]) == 7
+    assert (scores[0].diff() <= 0).all()  # best first
+    assert graph.anchors.shape[0] == 9 * (12 * 12 + 6 * 6 + 3 * 3 + 2 * 2 + 1)  # P3..P7 of 96 px
+
+
+def test_int8_quantizes_only_the_network(exported, coco128, tmp_path):
+    _, onnx_path = exported
+    files = sorted((coco128 / "train2017").glob("*.jpg"))[:3]
+    q_path = quantize_int8(onnx_path, tmp_path / "m.int8.onnx", files, QuantizeConfig(num_images=3))
+    fp32, q = onnx.load(str(onnx_path)), onnx.load(str(q_path))
+    net_convs = network_nodes(fp32, ["Conv"])
+    assert len(net_convs) == sum(n.op_type == "Conv" for n in fp32.graph.node) > 50
+    producers = {o: n for n in q.graph.node for o in n.output}
+    convs = [n for n in q.graph.node if n.op_type == "Conv"]
+    assert len(convs) == len(net_convs)
+    # Every conv reads int8 weights and uint8 activations through DequantizeLinear (QDQ).
+    assert all(producers[n.input[0]].op_type == "DequantizeLinear" for n in convs)
+    assert all(producers[n.input[1]].op_type == "DequantizeLinear" for n in convs)
+    # The letterbox and the box decoding / NMS stay float.
+    resize = [n for n in q.graph.node if n.name.startswith("letterbox/") and n.op_type == "Resize"]
+    assert resize and producers[resize[0].input[0]].op_type != "DequantizeLinear"
+    nms = next(n for n in q.graph.node if n.op_type == "NonMaxSuppression")
+    assert producers[nms.input[0]].op_type != "DequantizeLinear"
+    assert read_metadata(q_path)["precision"] == "int8"
+    # It runs through the same API, with boxes inside the image.
+    r = Detector(q_path, conf=0.0).predict(coco128 / "train2017" / "000000000009.jpg")
+    assert len(r) == 100 and r.names[0] in CLASS_NAMES
+    assert (r.boxes >= 0).all() and (r.boxes[:, [0, 2]] <= 640).all() and (r.boxes[:, [1, 3]] <= 480).all()
+
+
+# ----------------------------------------------------------------------------- errors
+
+
+def test_export_errors(tmp_path, capsys):
+    model = build_test_model()
+    with pytest.raises(ValueError, match="multiple of 32"):
+        export_onnx(model, tmp_path / "m.onnx", ExportConfig(input_size=100))
+    with pytest.raises(ValueError, match="opset"):
+        export_onnx(model, tmp_path / "m.onnx", ExportConfig(opset=13))
+    with pytest.raises(ValueError, match="score threshold"):
+        export_onnx(model, tmp_path / "m.onnx", ExportConfig(score_thresh=1.5))
+    foreign = tmp_path / "foreign.onnx"
+    onnx.save(letterbox_graph(64), str(foreign))
+    with pytest.raises(RuntimeError, match="foreign.onnx: not exported by"):
+        read_metadata(foreign)
+    with pytest.raises(FileNotFoundError, match="missing.onnx"):
+        read_metadata(tmp_path / "missing.onnx")
+    broken = tmp_path / "broken.onnx"
+    broken.write_bytes(b"not a protobuf at all")
+    with pytest.raises(RuntimeError, match="broken.onnx"):
+        Detector(broken)
+    # CLI: one clear line, no traceback.
+    assert main(["export", str(tmp_path / "nope.pt")]) == 1
+    assert main(["export", str(tmp_path / "nope.pt"), "--int8"]) == 1
+    err = capsys.readouterr().err
+    assert "nope.pt: checkpoint not found" in err and "--int8 needs --calibration" in err and "Traceback" not in err
