@@ -144,7 +144,7 @@ def load_split(cfg: RunConfig, split: str, progress: bool = True) -> DetectionDa
         return load_synthetic(split, seed=0, progress=progress)
     from .data import load_dataset
 
-    return load_dataset(source, split=split, check=True, drop_bad=cfg.data.drop_bad)
+    return load_dataset(source, split=split, check=True, drop_bad=cfg.data.drop_bad, progress=progress)
 
 
 def next_run_dir(out: str, name: str) -> Path:
