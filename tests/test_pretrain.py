@@ -317,16 +317,22 @@ def test_pretraining_lowers_the_loss_and_the_detector_loads_it(crops, v2_run):
     clf.load_state_dict(last["classifier_state"])
     torch.testing.assert_close(clf.eval()(images), result.model(images), rtol=1e-4, atol=1e-4)
 
-    # The detector starts from best.pth: its backbone holds the classifier's features.
+    # The detector starts from best.pth: its backbone holds the classifier's features...
     clf.load_state_dict(best["classifier_state"])
-    det = build_model(preset("default", num_classes=5, **{"backbone.weights": str(result.best_path)})).eval()
+    weights = {"backbone.weights": str(result.best_path)}
+    det = build_model(preset("default", num_classes=5, **weights, **{"backbone.freeze_bn": False})).eval()
     feats = clf.features.state_dict()
     assert len(det.backbone.state_dict()) == len(feats)
     for (k1, v1), (k2, v2) in zip(det.backbone.state_dict().items(), feats.items()):
         assert torch.equal(v1, v2), (k1, k2)
+    # ...and with the default frozen batch norm (folded into the convs) it computes the same C5.
+    folded = build_model(preset("default", num_classes=5, **weights)).eval()
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.backbone.modules())
     x = torch.rand(2, 3, 96, 96)
     with torch.no_grad():
-        torch.testing.assert_close(det.backbone(x)[-1], clf.eval().features(x), rtol=1e-4, atol=1e-4)  # C5
+        c5 = clf.eval().features(x)
+        torch.testing.assert_close(det.backbone(x)[-1], c5, rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(folded.backbone(x)[-1], c5, rtol=1e-3, atol=1e-3)
 
 
 def test_continuing_from_own_file_keeps_head_only_for_the_same_classes(v2_run):

@@ -38,7 +38,7 @@ from torchvision.transforms import v2
 from tqdm import tqdm
 
 from .backbones import build_classifier, imagenet_state_dict, load_weights_file
-from .config import ConfigError, from_dict, to_dict
+from .config import ConfigError, from_dict, preset, to_dict
 from .data import load_dataset
 from .data.dataset import DetectionDataset
 from .data.images import ImageError, open_image
@@ -574,6 +574,23 @@ def _score(metrics: dict[str, float]) -> float:
     return metrics.get("val_top1", metrics["train_acc"])
 
 
+# The detector preset built on each backbone (config.preset), for the hint printed at the end.
+DETECTOR_PRESET = {"mobilenet_v1": "v1", "mobilenet_v2": "default", "mobilenet_v3_large": "v3", "mobilenet_v3_small": "v3_small"}
+
+def train_command(cfg: PretrainConfig, weights: str | Path) -> str:
+    """The `retinanet train` line that starts a detector from ``weights``. Presets whose
+    backbone starts untrained train its batch norm; with pretrained weights, freeze it as
+    the ImageNet presets do (fine-tuning with small batches)."""
+    name = DETECTOR_PRESET[cfg.backbone]
+    parts = [f"retinanet train --data DATA --preset {name}"]
+    if cfg.width != 1.0:
+        parts.append(f"model.backbone.width={cfg.width:g}")
+    if not preset(name).backbone.freeze_bn:
+        parts.append("model.backbone.freeze_bn=true")
+    parts.append(f"model.backbone.weights={weights}")
+    return " ".join(parts)
+
+
 # Settings that may change when a run is resumed; any other must match the saved run.
 RESUMABLE_CHANGES = ("epochs", "workers", "device")
 
@@ -716,10 +733,7 @@ def pretrain(
             shown = "  ".join(f"{k} {v:.4f}" for k, v in metrics.items())
             print(f"epoch {epoch}/{cfg.epochs}: {shown}{'  (best)' if is_best else ''}")
     if progress and best_path.is_file():
-        print(
-            f"best epoch {best['epoch']} -> {best_path}\nstart the detector from it with: "
-            f"model.backbone.name={cfg.backbone} model.backbone.width={cfg.width} model.backbone.weights={best_path}"
-        )
+        print(f"best epoch {best['epoch']} -> {best_path}\nstart the detector from it: {train_command(cfg, best_path)}")
     return PretrainResult(out_dir, best_path, last_path, list(classes), history, model)
 
 
