@@ -13,6 +13,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "eval": ("retinanet.evaluate", "COCO metrics (pycocotools) of a checkpoint on a dataset, with PR curves and a confusion matrix"),
     "predict": ("retinanet.predict", "run a model on images, folders, videos or a webcam; annotated output and COCO JSON"),
     "export": ("retinanet.export", "export a checkpoint to ONNX (NMS inside), optionally int8"),
+    "benchmark": ("retinanet.benchmark", "latency of eager, TorchScript, ONNX fp32 / int8 beside the torchvision peer"),
     "weights": ("retinanet.weights_cmd", "install and verify the offline ImageNet MobileNetV2 weights"),
     "check-data": ("retinanet.data.check", "validate a dataset: problems, class counts, box size histograms"),
     "convert": ("retinanet.data.convert", "convert a dataset between COCO, Pascal VOC and YOLO formats"),

@@ -539,6 +539,7 @@ def quantize_int8(fp32_path: str | Path, out_path: str | Path, calibration: str 
     """Static int8 quantization of an exported model: QDQ, per-channel int8 weights, uint8
     activations calibrated on images (a folder, a glob or a list of files)."""
     import numpy as np
+    import onnxruntime
     from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
     from tqdm import tqdm
 
@@ -567,6 +568,7 @@ def quantize_int8(fp32_path: str | Path, out_path: str | Path, calibration: str 
             return None if path is None else {INPUT_NAME: np.asarray(open_image(path), dtype=np.uint8)[None]}
 
     out_path.parent.mkdir(parents=True, exist_ok=True)
+    onnxruntime.set_default_logger_severity(3)  # the calibration session warns about the threshold inputs
     quantize_static(
         str(fp32_path),
         str(out_path),

@@ -1,0 +1,276 @@
+"""`retinanet benchmark`: latency and throughput of one model on every runtime, end to end
+from a decoded image (uint8 RGB) to final boxes in its pixels, beside the
+torchvision-assembled peer measured in the same run.
+
+Runtimes: eager PyTorch, TorchScript (traced, frozen network; letterbox and
+post-processing as in eager), torch.compile (with --compile: it takes minutes to build),
+ONNX Runtime fp32 and int8 (exported and quantized on the fly). Runs are interleaved
+round-robin, so a burst of load from other processes hits every runtime alike; the
+medians and the ratios to the peer are what to read on a shared machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+RUNTIMES = ("eager", "torchscript", "compile", "onnx", "int8")
+DEFAULT_RUNTIMES = ("eager", "torchscript", "onnx", "int8")
+
+
+@dataclass
+class BenchConfig:
+    sizes: tuple[int, ...] = (320,)
+    """Input sizes (square side) to measure."""
+    batch: int = 1
+    """Images per call."""
+    num_classes: int = 80
+    """Classes of a --preset model (a checkpoint brings its own)."""
+    repeats: int = 20
+    """Timed calls per runtime (after warmup)."""
+    warmup: int = 3
+    """Untimed calls per runtime first."""
+    threads: int = 2
+    """torch and ONNX Runtime intra-op threads."""
+
+
+def time_interleaved(fns: dict[str, Callable[[], object]], repeats: int, warmup: int) -> dict[str, list[float]]:
+    """Seconds of each call, running the functions round-robin."""
+    for name, fn in fns.items():
+        for _ in range(warmup):
+            fn()
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in tqdm(range(repeats), desc="timing", unit="round", file=sys.stderr):
+        for name, fn in fns.items():
+            t = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t)
+    return times
+
+
+def load_peer():
+    """bench/peer.py's build_peer, from the source checkout this package runs from."""
+    bench = Path(__file__).resolve().parents[2] / "bench"
+    if not (bench / "peer.py").is_file():
+        raise RuntimeError(
+            f"{bench / 'peer.py'}: the torchvision peer lives in bench/ of a source checkout; "
+            "run from the repository or pass --no-peer"
+        )
+    if str(bench) not in sys.path:
+        sys.path.insert(0, str(bench))
+    from peer import build_peer  # type: ignore[import-not-found]
+
+    return build_peer
+
+
+def test_image(path: str | None, rng_seed: int = 0) -> tuple[np.ndarray, str]:
+    """(H, W, 3) uint8 RGB: the given photo, or a 640 x 480 synthetic scene."""
+    if path:
+        from .data.images import open_image
+
+        return np.array(open_image(path), dtype=np.uint8), str(path)
+    rng = np.random.default_rng(rng_seed)
+    y, x = np.mgrid[0:480, 0:640]
+    img = np.stack([x * 255 // 640, y * 255 // 480, (x + y) * 255 // 1120], axis=2).astype(np.uint8)
+    for _ in range(12):  # a few flat rectangles, so the network sees edges
+        x0, y0 = rng.integers(0, 560), rng.integers(0, 400)
+        img[y0 : y0 + rng.integers(20, 200), x0 : x0 + rng.integers(20, 200)] = rng.integers(0, 256, 3)
+    return img, "synthetic 640x480"
+
+
+def traced_runner(model, size: int):
+    """TorchScript: the network traced and frozen; letterbox and post-processing eager."""
+    from .preprocess import letterbox
+
+    import warnings
+
+    x = torch.rand(1, 3, size, size)
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # TorchScript is deprecated; measured while it exists
+        net = torch.jit.optimize_for_inference(torch.jit.freeze(torch.jit.trace(model.eval(), x)))
+
+    def run(images: list[torch.Tensor]):
+        with torch.no_grad():
+            batch, scales, sizes = letterbox(images, size)
+            return model.postprocess(net(batch), (size, size), scales, sizes)
+
+    return run
+
+
+def compiled_runner(model, size: int):
+    from .preprocess import letterbox
+
+    net = torch.compile(model.eval())
+
+    def run(images: list[torch.Tensor]):
+        with torch.no_grad():
+            batch, scales, sizes = letterbox(images, size)
+            return model.postprocess(net(batch), (size, size), scales, sizes)
+
+    return run
+
+
+def build_runners(model, size: int, runtimes: tuple[str, ...], workdir: Path, calibration: list[Path] | None, image: np.ndarray, threads: int):
+    """name -> function(list of (3, H, W) uint8 tensors) for each requested runtime."""
+    from .api import Detector
+    from .export import ExportConfig, QuantizeConfig, export_onnx, quantize_int8
+
+    runners: dict[str, Callable] = {}
+    if "eager" in runtimes:
+        eager = Detector(model, device="cpu")
+        runners["eager"] = lambda imgs: eager.predict_tensors(imgs)
+    if "torchscript" in runtimes:
+        runners["torchscript"] = traced_runner(model, size)
+    if "compile" in runtimes:
+        runners["compile"] = compiled_runner(model, size)
+    if "onnx" in runtimes or "int8" in runtimes:
+        fp32 = export_onnx(model, workdir / f"model{size}.onnx", ExportConfig(input_size=size))
+        if "onnx" in runtimes:
+            d32 = Detector(fp32, threads=threads)
+            runners["onnx fp32"] = lambda imgs: d32.predict_tensors(imgs)
+        if "int8" in runtimes:
+            if calibration is None:
+                from PIL import Image
+
+                calib = workdir / "calibration.png"
+                Image.fromarray(image).save(calib)
+                calibration = [calib]
+            q = quantize_int8(fp32, workdir / f"model{size}.int8.onnx", calibration, QuantizeConfig(num_images=min(100, len(calibration))))
+            d8 = Detector(q, threads=threads)
+            runners["onnx int8"] = lambda imgs: d8.predict_tensors(imgs)
+    return runners
+
+
+def benchmark(
+    model_factory: Callable[[int], torch.nn.Module],
+    cfg: BenchConfig,
+    runtimes: tuple[str, ...] = DEFAULT_RUNTIMES,
+    peer: bool = True,
+    image_path: str | None = None,
+    calibration: list[Path] | None = None,
+) -> list[dict]:
+    """Rows of {size, runtime, ms (median), images_per_s, vs_peer} for every size and runtime."""
+    unknown = set(runtimes) - set(RUNTIMES)
+    if unknown:
+        raise ValueError(f"unknown runtime(s) {', '.join(sorted(unknown))}; choose from {', '.join(RUNTIMES)}")
+    if cfg.batch < 1 or cfg.repeats < 1:
+        raise ValueError("batch and repeats must be at least 1")
+    torch.set_num_threads(cfg.threads)
+    image, _ = test_image(image_path)
+    chw = torch.from_numpy(image).permute(2, 0, 1).contiguous()  # (H, W, 3) -> (3, H, W)
+    images = [chw] * cfg.batch
+    rows = []
+    build_peer = load_peer() if peer else None
+    for size in cfg.sizes:
+        model = model_factory(size).eval()
+        with tempfile.TemporaryDirectory() as tmp:
+            fns = {}
+            if build_peer is not None:
+                p = build_peer(model.num_classes, size, pretrained=False).eval()
+                floats = [chw.float() / 255] * cfg.batch  # the peer takes float images; its transform resizes
+
+                def peer_fn(p=p, floats=floats):
+                    with torch.no_grad():
+                        return p(floats)
+
+                fns["peer (torchvision, eager)"] = peer_fn
+            for name, run in build_runners(model, size, runtimes, Path(tmp), calibration, image, cfg.threads).items():
+                fns[name] = lambda run=run: run(images)
+            times = time_interleaved(fns, cfg.repeats, cfg.warmup)
+        peer_ms = statistics.median(times["peer (torchvision, eager)"]) * 1000 if build_peer else None
+        for name, samples in times.items():
+            ms = statistics.median(samples) * 1000
+            rows.append(
+                {
+                    "size": size,
+                    "runtime": name,
+                    "ms": ms,
+                    "images_per_s": cfg.batch / ms * 1000,
+                    "vs_peer": (peer_ms / ms) if peer_ms else None,
+                }
+            )
+    return rows
+
+
+def format_rows(rows: list[dict], batch: int) -> str:
+    lines = [
+        "| runtime | input | batch | median ms | images/s | speed-up vs peer |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for r in rows:
+        vs = f"{r['vs_peer']:.1f}x" if r["vs_peer"] is not None else ""
+        lines.append(f"| {r['runtime']} | {r['size']} | {batch} | {r['ms']:.1f} | {r['images_per_s']:.1f} | {vs} |")
+    return "\n".join(lines)
+
+
+def machine_line(threads: int) -> str:
+    try:
+        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
+    except (OSError, StopIteration):
+        cpu = platform.processor()
+    import onnxruntime
+
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    return (
+        f"{cpu}, {os.cpu_count()} cores, {threads} threads, torch {torch.__version__}, "
+        f"onnxruntime {onnxruntime.__version__}, load average {load:.1f} at start"
+    )
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    d = BenchConfig()
+    p.add_argument("--model", help="checkpoint (.pt) to measure; default: an untrained --preset model")
+    p.add_argument("--preset", default="default", help="preset measured without --model (default: default)")
+    p.add_argument("--classes", type=int, default=d.num_classes, help=f"classes of the preset model (default {d.num_classes})")
+    p.add_argument("--sizes", type=int, nargs="+", default=list(d.sizes), help="input sizes (default 320)")
+    p.add_argument("--batch", type=int, default=d.batch, help="images per call (default 1)")
+    p.add_argument("--runtimes", nargs="+", default=list(DEFAULT_RUNTIMES), choices=list(RUNTIMES), help="runtimes to measure")
+    p.add_argument("--compile", action="store_true", help="also measure torch.compile (slow to build)")
+    p.add_argument("--no-peer", action="store_true", help="skip the torchvision peer")
+    p.add_argument("--image", help="photo to run on (default: a synthetic 640x480 scene)")
+    p.add_argument("--calibration", help="int8 calibration images, folder or glob (default: the benchmark image)")
+    p.add_argument("--repeats", type=int, default=d.repeats, help=f"timed calls per runtime (default {d.repeats})")
+    p.add_argument("--threads", type=int, default=d.threads, help=f"intra-op threads (default {d.threads})")
+
+
+def run(args: argparse.Namespace) -> int:
+    from .api import expand_images
+    from .config import preset
+
+    runtimes = tuple(args.runtimes) + (("compile",) if args.compile and "compile" not in args.runtimes else ())
+    calibration = expand_images(args.calibration) if args.calibration else None
+    if args.model:
+        from .checkpoint import model_from_checkpoint
+
+        model_from_checkpoint(args.model)  # fail now, not after the peer is built
+
+        def factory(size: int):
+            m = model_from_checkpoint(args.model)
+            m.cfg.input_size = size
+            return m
+    else:
+        from .model import build_model
+
+        def factory(size: int):
+            # ImageNet backbone weights: random ones make activations vanish into slow denormals.
+            return build_model(preset(args.preset, num_classes=args.classes, input_size=size))
+
+    cfg = BenchConfig(sizes=tuple(args.sizes), batch=args.batch, num_classes=args.classes, repeats=args.repeats, threads=args.threads)
+    _, image_name = test_image(args.image)
+    rows = benchmark(factory, cfg, runtimes, peer=not args.no_peer, image_path=args.image, calibration=calibration)
+    print(f"machine: {machine_line(args.threads)}")
+    print(f"end to end from a decoded {image_name} image to final boxes; median of {args.repeats} interleaved runs\n")
+    print(format_rows(rows, args.batch))
+    return 0
