@@ -276,6 +276,23 @@ class Trainer:
         self.run_dir = self._make_run_dir(run_dir)
         self.ddp: nn.Module = self.model
         self._wrap()
+        if main:
+            self._report_data()
+
+    def _report_data(self) -> None:
+        """Say what the data checks fixed or warned about, and keep the full reports."""
+        for split, ds in ((self.cfg.data.train_split, self.train_data), (self.cfg.data.val_split, self.val_data)):
+            report = getattr(ds, "report", None) if ds is not None else None
+            if report is None:
+                continue
+            (self.run_dir / f"data_{split}.txt").write_text(report.to_text())
+            notes = [i for i in report.issues if i.level != "error"]
+            if report.dropped_images or report.dropped_boxes:
+                tqdm.write(f"data {split}: dropped {report.dropped_images} images and {report.dropped_boxes} boxes")
+            for issue in notes[:5]:
+                tqdm.write(f"data {split}: {issue.level}: {issue.file}: {issue.reason}")
+            if len(notes) > 5:
+                tqdm.write(f"data {split}: ... {len(notes) - 5} more in {self.run_dir / f'data_{split}.txt'}")
 
     # -- helpers
 

@@ -1,0 +1,99 @@
+"""Issue "Training" benchmark: training throughput (images/s) of the default preset at
+320 px, batch 8, against the peer (torchvision's RetinaNet on MobileNetV2 + FPN-256,
+bench/peer.py) on the same batches, in the same run, steps interleaved.
+
+Both take real coco128 batches made by our loader (letterboxed to 320, flips and scale
+jitter), pre-loaded so that only the training step (forward, loss, backward, SGD step)
+is timed. A second figure times our full epoch loop including data loading.
+
+    .venv/bin/python bench/train_speed.py [--steps 8] [--batch 8] [--size 320]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+
+from common import ROOT, machine, time_interleaved
+from peer import build_peer
+from retinanet.config import AugmentConfig, preset
+from retinanet.data import load_dataset
+from retinanet.data.loader import build_loader
+from retinanet.model import build_model
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--data", default=str(ROOT.parent / "shared" / "datasets" / "coco128"))
+    ap.add_argument("--steps", type=int, default=8, help="timed steps per model")
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--size", type=int, default=320)
+    ap.add_argument("--threads", type=int, default=2)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    print(f"machine: {machine()}")
+    ds = load_dataset(args.data, split="train", progress=False)
+    loader = build_loader(ds, args.size, train=True, batch_size=args.batch, workers=0, seed=0, augment=AugmentConfig())
+    batches = [b for _, b in zip(range(4), loader)]
+
+    ours = build_model(preset("default", num_classes=ds.num_classes, input_size=args.size)).train()
+    peer = build_peer(ds.num_classes, args.size).train()
+    opt_ours = torch.optim.SGD([p for p in ours.parameters() if p.requires_grad], lr=0.001, momentum=0.9)
+    opt_peer = torch.optim.SGD([p for p in peer.parameters() if p.requires_grad], lr=0.001, momentum=0.9)
+    state = {"i": 0}
+
+    def batch():
+        state["i"] += 1
+        return batches[state["i"] % len(batches)]
+
+    def step_ours():
+        b = batch()
+        losses = ours.loss(ours(b.images), b.images.shape[-2:], b.boxes, b.labels)
+        opt_ours.zero_grad()
+        losses["loss"].backward()
+        opt_ours.step()
+
+    peer_inputs = []
+    for b in batches:
+        images = list(b.images)
+        targets = []
+        for boxes, labels in zip(b.boxes, b.labels):
+            keep = labels >= 0  # drop padding and crowd regions: the peer has no ignore regions
+            targets.append({"boxes": boxes[keep], "labels": labels[keep]})
+        peer_inputs.append((images, targets))
+
+    def step_peer():
+        images, targets = peer_inputs[state["i"] % len(peer_inputs)]
+        losses = peer(images, targets)
+        opt_peer.zero_grad()
+        sum(losses.values()).backward()
+        opt_peer.step()
+
+    times = time_interleaved({"ours": step_ours, "peer": step_peer}, repeats=args.steps, warmup=1)
+    ours_ips = args.batch / statistics.median(times["ours"])
+    peer_ips = args.batch / statistics.median(times["peer"])
+
+    # Our whole loop: loader with 2 workers + step, one pass over coco128.
+    loop = build_loader(ds, args.size, train=True, batch_size=args.batch, workers=2, seed=0, augment=AugmentConfig())
+    start, seen = time.perf_counter(), 0
+    for b in loop:
+        losses = ours.loss(ours(b.images), b.images.shape[-2:], b.boxes, b.labels)
+        opt_ours.zero_grad()
+        losses["loss"].backward()
+        opt_ours.step()
+        seen += len(b)
+    loop_ips = seen / (time.perf_counter() - start)
+
+    print(f"\n| model | batch | input | train images/s (median of {args.steps} steps) | ratio |")
+    print("| --- | --- | --- | --- | --- |")
+    print(f"| torchvision RetinaNet-MobileNetV2-FPN256 (peer) | {args.batch} | {args.size} | {peer_ips:.2f} | 1.00 |")
+    print(f"| default preset | {args.batch} | {args.size} | {ours_ips:.2f} | {ours_ips / peer_ips:.2f} |")
+    print(f"\ndefault preset, full epoch loop with data loading (2 workers): {loop_ips:.2f} images/s")
+
+
+if __name__ == "__main__":
+    main()
