@@ -162,8 +162,8 @@ class DataConfig:
     """Dataset folder, annotation file or spec YAML; 'synthetic' renders the built-in shapes dataset."""
     train_split: str = "train"
     """Split trained on."""
-    val_split: str = "val"
-    """Split evaluated each epoch ('none' to skip validation)."""
+    val_split: str = "auto"
+    """Split evaluated each epoch: a name, 'none', or 'auto' (val, else test, else the training images)."""
     workers: int = 2
     """DataLoader worker processes (0 = load in the main process)."""
     drop_bad: bool = False

@@ -147,6 +147,30 @@ def load_split(cfg: RunConfig, split: str, progress: bool = True) -> DetectionDa
     return load_dataset(source, split=split, check=True, drop_bad=cfg.data.drop_bad, progress=progress)
 
 
+def resolve_val_split(cfg: RunConfig) -> str | None:
+    """The split to validate on; 'auto' prefers a val split, then a test split, and falls
+    back (with a warning) to the training images when the source defines neither."""
+    name = cfg.data.val_split
+    if name.lower() == "none":
+        return None
+    if name != "auto":
+        return name
+    if cfg.data.source == "synthetic":
+        return "val"
+    from .data import available_splits
+
+    splits = available_splits(cfg.data.source)
+    for prefix in ("val", "test"):
+        for split in splits:
+            if split.lower().startswith(prefix):
+                return split
+    tqdm.write(
+        f"warning: {cfg.data.source} defines no val or test split; validating on the training images "
+        "(the scores will be optimistic; set data.val_split)"
+    )
+    return cfg.data.train_split
+
+
 def next_run_dir(out: str, name: str) -> Path:
     base = Path(out)
     if name:
@@ -225,8 +249,9 @@ class Trainer:
         if not main and train_data is None:
             self.train_data = load_split(cfg, cfg.data.train_split, progress=False)
         self.val_data = val_data
-        if self.val_data is None and cfg.data.val_split.lower() != "none" and main:
-            self.val_data = load_split(cfg, cfg.data.val_split, progress)
+        val_split = resolve_val_split(cfg) if val_data is None and main else None
+        if val_split is not None:
+            self.val_data = load_split(cfg, val_split, progress)
         if len(self.train_data) == 0:
             raise ValueError(f"{cfg.data.source}: split {cfg.data.train_split!r} has no images")
 
@@ -281,7 +306,7 @@ class Trainer:
 
     def _report_data(self) -> None:
         """Say what the data checks fixed or warned about, and keep the full reports."""
-        for split, ds in ((self.cfg.data.train_split, self.train_data), (self.cfg.data.val_split, self.val_data)):
+        for split, ds in (("train", self.train_data), ("val", self.val_data)):
             report = getattr(ds, "report", None) if ds is not None else None
             if report is None:
                 continue
