@@ -43,6 +43,7 @@ from torchvision.ops import batched_nms
 
 from .boxes import BoxCoder
 from .config import PostprocessConfig
+from .preprocess import letterbox
 
 EXPORT_FORMAT = "retinanet-mobilenet-onnx/1"
 OPSET = 18  # Resize's antialias attribute needs opset 18
@@ -559,13 +560,25 @@ def quantize_int8(fp32_path: str | Path, out_path: str | Path, calibration: str 
     if not nodes:
         raise RuntimeError(f"{fp32_path}: no network nodes found to quantize (not exported by this version?)")
 
+    size = int({p.key: p.value for p in model.metadata_props}.get("input_size", 0)) or None
+
     class Reader(CalibrationDataReader):
+        """Feeds each image letterboxed to the graph's input size (its Resize is then the
+        identity): activations as in real use, and every tensor of one shape, which the
+        percentile and entropy calibrators need."""
+
         def __init__(self) -> None:
             self.it = iter(tqdm(files, desc="calibrating", unit="img"))
 
         def get_next(self):
             path = next(self.it, None)
-            return None if path is None else {INPUT_NAME: np.asarray(open_image(path), dtype=np.uint8)[None]}
+            if path is None:
+                return None
+            img = torch.from_numpy(np.array(open_image(path), dtype=np.uint8)).permute(2, 0, 1)  # (3, H, W)
+            if size is not None:
+                boxed, _, _ = letterbox([img], size)  # (1, 3, S, S) in [0, 1]
+                img = (boxed[0] * 255).round().to(torch.uint8)
+            return {INPUT_NAME: img.permute(1, 2, 0).numpy()[None]}  # (1, H, W, 3)
 
     out_path.parent.mkdir(parents=True, exist_ok=True)
     onnxruntime.set_default_logger_severity(3)  # the calibration session warns about the threshold inputs
