@@ -58,7 +58,7 @@ def v2_run(crops, tmp_path_factory):
     """MobileNetV2 from ImageNet, 2 epochs on the crops: the model before, the result after."""
     data_dir, _ = crops
     torch.manual_seed(0)
-    cfg = PretrainConfig(backbone="mobilenet_v2", weights="imagenet", epochs=2, **SMALL)
+    cfg = PretrainConfig(backbone="mobilenet_v2", weights="imagenet", epochs=2, lr=0.02, **SMALL)
     model = build_pretrain_model(cfg.backbone, cfg.width, cfg.weights, sorted(CLASSES))
     before = copy.deepcopy(model)
     out = tmp_path_factory.mktemp("v2_run")
@@ -267,7 +267,15 @@ def test_no_weight_decay_for_norms_and_biases():
     assert (decay["weight_decay"], no_decay["weight_decay"]) == (4e-5, 0.0)
     opt = build_optimizer(model, PretrainConfig(optimizer="adamw"))
     assert isinstance(opt, torch.optim.AdamW)
-    assert [g["weight_decay"] for g in opt.param_groups] == [0.05, 0.0] and opt.param_groups[0]["lr"] == 1e-3
+    assert [g["weight_decay"] for g in opt.param_groups] == [0.05, 0.0] and opt.param_groups[0]["lr"] == 5e-4
+
+
+def test_default_lr_scales_with_batch_and_start():
+    assert PretrainConfig().resolved_lr() == 0.01  # SGD from ImageNet at the reference batch of 64
+    assert PretrainConfig(batch_size=32).resolved_lr() == 0.005
+    assert PretrainConfig(weights="none", batch_size=128).resolved_lr() == 0.04
+    assert PretrainConfig(optimizer="adamw", weights="none", batch_size=16).resolved_lr() == 2.5e-4
+    assert PretrainConfig(lr=0.3, batch_size=16).resolved_lr() == 0.3  # a given lr is taken as is
 
 
 def test_bad_settings_are_named():
