@@ -20,15 +20,14 @@ from .config import ModelConfig, from_dict
 FORMAT = "retinanet-mobilenet/1"
 
 
-def save_checkpoint(state: dict[str, Any], path: str | Path) -> Path:
-    """Write ``state`` to ``path`` via a temporary file and a rename: a kill never leaves a broken file."""
+def atomic_save(obj: Any, path: str | Path) -> Path:
+    """torch.save ``obj`` to ``path`` via a temporary file and a rename: a kill never leaves a broken file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    state = {"format": FORMAT, **state}
     fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
-            torch.save(state, f)
+            torch.save(obj, f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -36,6 +35,11 @@ def save_checkpoint(state: dict[str, Any], path: str | Path) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def save_checkpoint(state: dict[str, Any], path: str | Path) -> Path:
+    """A detector checkpoint, stamped with FORMAT, written atomically."""
+    return atomic_save({"format": FORMAT, **state}, path)
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:

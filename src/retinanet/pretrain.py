@@ -22,7 +22,6 @@ import math
 import os
 import random
 import re
-import tempfile
 import time
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -38,6 +37,7 @@ from torchvision.transforms import v2
 from tqdm import tqdm
 
 from .backbones import build_classifier, imagenet_state_dict, load_weights_file
+from .checkpoint import atomic_save
 from .config import ConfigError, from_dict, preset, to_dict
 from .data import load_dataset
 from .data.dataset import DetectionDataset
@@ -489,21 +489,8 @@ def evaluate(model: nn.Module, loader: DataLoader, device: torch.device, desc: s
 
 
 def save_pretrain_checkpoint(state: dict[str, Any], path: str | Path) -> Path:
-    """Write ``state`` (stamped with FORMAT) via a temporary file and a rename: a kill never leaves a broken file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    state = {"format": FORMAT, **state}
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    """Write ``state`` (stamped with FORMAT) atomically: a kill never leaves a broken file."""
+    return atomic_save({"format": FORMAT, **state}, path)
 
 
 def load_pretrain_checkpoint(path: str | Path) -> dict[str, Any]:
