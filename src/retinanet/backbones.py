@@ -253,8 +253,9 @@ def imagenet_state_dict(name: str) -> dict[str, Tensor]:
 
 
 def load_weights_file(path: str | Path) -> dict[str, Tensor]:
-    """A classifier state dict from a file: torchvision's format, our pretrain output, or a
-    detector checkpoint (its backbone part is converted back to classifier keys)."""
+    """A classifier state dict from a file: torchvision's format (a state dict, or a dict
+    holding one under 'model'), or `retinanet pretrain` output ('classifier_state').
+    A detector checkpoint is not a backbone file: use it with --resume or predict."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: backbone weights file not found")
@@ -262,6 +263,8 @@ def load_weights_file(path: str | Path) -> dict[str, Tensor]:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
         raise RuntimeError(f"{path}: not a readable PyTorch weights file: {e}") from e
+    if isinstance(obj, dict) and str(obj.get("format", "")).startswith("retinanet-mobilenet/"):
+        raise RuntimeError(f"{path}: is a detector checkpoint, not backbone weights (use --resume, eval or predict)")
     if isinstance(obj, dict) and "classifier_state" in obj:  # `retinanet pretrain` output
         obj = obj["classifier_state"]
     elif isinstance(obj, dict) and "model" in obj and isinstance(obj["model"], dict):
