@@ -178,7 +178,8 @@ def benchmark(
         with tempfile.TemporaryDirectory() as tmp:
             fns = {}
             if build_peer is not None:
-                p = build_peer(model.num_classes, size, pretrained=False).eval()
+                # ImageNet weights, as its users have: random ones decay into slow denormals.
+                p = build_peer(model.num_classes, size, pretrained=True).eval()
                 floats = [chw.float() / 255] * cfg.batch  # the peer takes float images; its transform resizes
 
                 def peer_fn(p=p, floats=floats):

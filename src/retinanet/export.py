@@ -219,6 +219,8 @@ class DetectionGraph(nn.Module):
         anchors, counts = model.anchor_generator((input_size, input_size), device="cpu")
         self.register_buffer("anchors", anchors.clone(), persistent=False)  # (M, 4)
         self.level_counts = list(counts)
+        # Output rows D: max_detections, unless fewer candidates exist at all (tiny inputs).
+        self.rows = min(post.max_detections, sum(min(post.topk, c * model.num_classes) for c in counts))
         self.register_buffer("mean", model.mean.clone(), persistent=False)
         self.register_buffer("std", model.std.clone(), persistent=False)
 
@@ -234,7 +236,7 @@ class DetectionGraph(nn.Module):
         # Class-aware NMS with ONNX's class axis: candidate c of class k scores only in row k.
         # (N, C) -> one-hot (N, C, K) -> (N, K, C)
         per_class = (nn.functional.one_hot(labels, self.num_classes) * scores[..., None]).permute(0, 2, 1)
-        d = min(self.post.max_detections, scores.shape[1])
+        d = self.rows
         selected = onnx_nms(boxes, per_class, d, iou_threshold, score_threshold)  # (S, 3) [image, class, box]
 
         # Best d survivors per image, without trusting the NMS output order: mark the
@@ -342,10 +344,9 @@ def letterbox_graph(size: int, opset: int = OPSET, ir_version: int | None = None
 
 def _resolve_post(model: nn.Module, cfg: ExportConfig) -> PostprocessConfig:
     post = copy.deepcopy(model.cfg.postprocess)
-    for name, attr in (("score_thresh", "score_thresh"), ("nms_iou", "nms_iou"), ("max_detections", "max_detections"), ("topk", "topk")):
-        value = getattr(cfg, name)
-        if value is not None:
-            setattr(post, attr, value)
+    for name in ("score_thresh", "nms_iou", "max_detections", "topk"):
+        if getattr(cfg, name) is not None:
+            setattr(post, name, getattr(cfg, name))
     if not 0 <= post.score_thresh < 1:
         raise ValueError(f"score threshold must be in [0, 1), got {post.score_thresh}")
     if not 0 < post.nms_iou <= 1:
@@ -365,7 +366,7 @@ def export_onnx(model: nn.Module, path: str | Path, cfg: ExportConfig | None = N
     if cfg.opset < OPSET:
         raise ValueError(f"opset {cfg.opset} is too old: antialiased Resize needs opset {OPSET} or newer")
     post = _resolve_post(model, cfg)
-    model = model.eval().cpu()
+    model = copy.deepcopy(model).eval().cpu()  # the caller's model keeps its device and mode
     graph = DetectionGraph(model, size, post, cfg.fold_bn).eval()
     example = (
         torch.rand(2, 3, size, size),
@@ -394,6 +395,7 @@ def export_onnx(model: nn.Module, path: str | Path, cfg: ExportConfig | None = N
     pre = letterbox_graph(size, opset=_main_opset(net), ir_version=net.ir_version)
     merged = onnx.compose.merge_models(pre, net, io_map=[("x", "x"), ("scale", "scale"), ("limits", "limits")])
     _dedupe_opsets(merged)
+    _strip_node_metadata(merged)
     _add_threshold_defaults(merged, post)
     _name_output_dims(merged)
     metadata = {
@@ -404,7 +406,7 @@ def export_onnx(model: nn.Module, path: str | Path, cfg: ExportConfig | None = N
         "input_format": "uint8 (N, H, W, 3) RGB",
         "score_thresh": str(post.score_thresh),
         "nms_iou": str(post.nms_iou),
-        "max_detections": str(min(post.max_detections, graph.anchors.shape[0] * model.num_classes)),
+        "max_detections": str(graph.rows),
         "topk": str(post.topk),
         "preset": str(model.cfg.preset),
         "precision": "fp32",
@@ -442,12 +444,25 @@ def _add_threshold_defaults(model: onnx.ModelProto, post: PostprocessConfig) -> 
 
 
 def _name_output_dims(model: onnx.ModelProto) -> None:
+    """Every output's first axis is the input's batch axis."""
     for out in model.graph.output:
         dims = out.type.tensor_type.shape.dim
-        if len(dims) and not dims[0].dim_param:
+        if len(dims):
             dims[0].dim_param = "batch"
-        elif len(dims):
-            dims[0].dim_param = "batch"
+
+
+KEPT_NODE_METADATA = ("pkg.torch.onnx.name_scopes",)  # the quantizer finds the network's nodes by it
+
+
+def _strip_node_metadata(model: onnx.ModelProto) -> None:
+    """Drop the exporter's per-node stack traces and FX dumps: they carry this machine's
+    file paths into a model that ships elsewhere, and megabytes of text."""
+    for node in model.graph.node:
+        kept = [(p.key, p.value) for p in node.metadata_props if p.key in KEPT_NODE_METADATA]
+        del node.metadata_props[:]
+        for key, value in kept:
+            prop = node.metadata_props.add()
+            prop.key, prop.value = key, value
 
 
 def set_metadata(model: onnx.ModelProto, values: dict[str, str]) -> None:
