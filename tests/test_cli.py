@@ -140,3 +140,26 @@ def test_user_error_is_one_clear_line(tmp_path, capsys):
     assert "missing.mp4: video file not found" in err
     assert "no images" in err and "m.onnx: model file not found" in err and "--batch must be at least 1" in err
     assert "Traceback" not in err
+
+
+def test_benchmark_timing_protocol():
+    """Runtimes alternate block by block; each block's first call is run but not counted."""
+    from retinanet.benchmark import time_interleaved
+
+    calls: list[str] = []
+    fns = {"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}
+    times = time_interleaved(fns, repeats=2, warmup=1, block=3)
+    assert calls == ["a", "b"] + ["a"] * 3 + ["b"] * 3 + ["a"] * 3 + ["b"] * 3
+    assert len(times["a"]) == len(times["b"]) == 2 * (3 - 1)
+    with pytest.raises(ValueError, match="block must be at least 2"):
+        time_interleaved(fns, repeats=1, warmup=0, block=1)
+
+
+def test_benchmark_command_small(capsys):
+    args = ["benchmark", "--no-peer", "--runtimes", "eager", "torchscript", "--sizes", "64", "96", "--repeats", "1", "--classes", "3"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    rows = [line for line in out.splitlines() if line.startswith("| eager") or line.startswith("| torchscript")]
+    assert [r.split("|")[2].strip() for r in rows] == ["64", "64", "96", "96"]
+    assert main(["benchmark", "--runtimes", "eager", "--batch", "0", "--no-peer"]) == 1
+    assert "batch and repeats must be at least 1" in capsys.readouterr().err

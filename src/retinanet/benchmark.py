@@ -2,6 +2,10 @@
 from a decoded image (uint8 RGB) to final boxes in its pixels, beside the
 torchvision-assembled peer measured in the same run.
 
+Timing: runtimes take turns, BLOCK calls back to back each per round; the first call
+of a block is not counted (it pays for the switch from the previous runtime's threads),
+so the medians are steady-state latencies, as when one runtime serves a stream.
+
 Runtimes: eager PyTorch, TorchScript (traced, frozen network; letterbox and
 post-processing as in eager), torch.compile (with --compile: it takes minutes to build),
 ONNX Runtime fp32 and int8 (exported and quantized on the fly). Runs are interleaved
@@ -39,24 +43,39 @@ class BenchConfig:
     num_classes: int = 80
     """Classes of a --preset model (a checkpoint brings its own)."""
     repeats: int = 20
-    """Timed calls per runtime (after warmup)."""
+    """Rounds; each runs every runtime BLOCK times back to back (the first call not counted)."""
     warmup: int = 3
     """Untimed calls per runtime first."""
     threads: int = 2
     """torch and ONNX Runtime intra-op threads."""
 
 
-def time_interleaved(fns: dict[str, Callable[[], object]], repeats: int, warmup: int) -> dict[str, list[float]]:
-    """Seconds of each call, running the functions round-robin."""
+# Calls per runtime per round. The runtimes alternate block by block (a burst of load from
+# other processes hits them all alike), and the first call of each block is not counted:
+# it pays for the switch (PyTorch's OpenMP threads spin for a while after a call and on
+# 2 cores take the next runtime's cores; ONNX Runtime measured 22 ms right after a PyTorch
+# call, 12 ms in steady use). The samples are steady-state latencies, as in a stream.
+BLOCK = 4
+
+
+def time_interleaved(
+    fns: dict[str, Callable[[], object]], repeats: int, warmup: int, block: int = BLOCK
+) -> dict[str, list[float]]:
+    """Seconds per call of each function: ``repeats`` rounds, each running every function
+    ``block`` times back to back and keeping all but the first of those calls."""
+    if block < 2:
+        raise ValueError(f"block must be at least 2 (its first call is discarded), got {block}")
     for name, fn in fns.items():
         for _ in range(warmup):
             fn()
     times: dict[str, list[float]] = {name: [] for name in fns}
     for _ in tqdm(range(repeats), desc="timing", unit="round", file=sys.stderr):
         for name, fn in fns.items():
-            t = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - t)
+            for k in range(block):
+                t = time.perf_counter()
+                fn()
+                if k:
+                    times[name].append(time.perf_counter() - t)
     return times
 
 
@@ -242,7 +261,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-peer", action="store_true", help="skip the torchvision peer")
     p.add_argument("--image", help="photo to run on (default: a synthetic 640x480 scene)")
     p.add_argument("--calibration", help="int8 calibration images, folder or glob (default: the benchmark image)")
-    p.add_argument("--repeats", type=int, default=d.repeats, help=f"timed calls per runtime (default {d.repeats})")
+    p.add_argument("--repeats", type=int, default=d.repeats, help=f"rounds of {BLOCK} calls per runtime (default {d.repeats})")
     p.add_argument("--threads", type=int, default=d.threads, help=f"intra-op threads (default {d.threads})")
 
 
@@ -272,6 +291,9 @@ def run(args: argparse.Namespace) -> int:
     _, image_name = test_image(args.image)
     rows = benchmark(factory, cfg, runtimes, peer=not args.no_peer, image_path=args.image, calibration=calibration)
     print(f"machine: {machine_line(args.threads)}")
-    print(f"end to end from a decoded {image_name} image to final boxes; median of {args.repeats} interleaved runs\n")
+    print(
+        f"end to end from a decoded {image_name} image to final boxes; median of {args.repeats} rounds x "
+        f"{BLOCK - 1} steady-state calls per runtime, runtimes interleaved round by round\n"
+    )
     print(format_rows(rows, args.batch))
     return 0
