@@ -96,6 +96,12 @@ def expand_images(source: str | Path) -> list[Path]:
     return [path]
 
 
+def _writable(arr: np.ndarray) -> np.ndarray:
+    """Contiguous and writable (torch.from_numpy warns on read-only arrays such as PIL's)."""
+    arr = np.ascontiguousarray(arr)
+    return arr if arr.flags.writeable else arr.copy()
+
+
 def _array_to_chw(arr: np.ndarray, what: str) -> Tensor:
     """(H, W), (H, W, 1|3|4) uint8 or float in [0, 1] -> (3, H, W) uint8 or float tensor."""
     if arr.ndim == 3 and arr.shape[2] == 1:
@@ -109,13 +115,13 @@ def _array_to_chw(arr: np.ndarray, what: str) -> Tensor:
     if arr.dtype == np.uint8:
         if arr.shape[2] == 4:
             arr = np.asarray(to_rgb(Image.fromarray(arr, "RGBA")))
-        return torch.from_numpy(np.ascontiguousarray(arr)).permute(2, 0, 1)  # (H, W, 3) -> (3, H, W)
+        return torch.from_numpy(_writable(arr)).permute(2, 0, 1)  # (H, W, 3) -> (3, H, W)
     if np.issubdtype(arr.dtype, np.floating):
         if not np.isfinite(arr).all() or arr.min() < 0 or arr.max() > 1:
             raise ValueError(f"{what}: a float image must hold finite values in [0, 1]")
         if arr.shape[2] == 4:  # composite on black, as to_rgb does
             arr = arr[..., :3] * arr[..., 3:]
-        return torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32)).permute(2, 0, 1)
+        return torch.from_numpy(_writable(arr.astype(np.float32, copy=False))).permute(2, 0, 1)
     raise ValueError(f"{what}: unsupported dtype {arr.dtype} (use uint8, or float in [0, 1])")
 
 
