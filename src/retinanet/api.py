@@ -416,7 +416,17 @@ def annotate(image: Tensor | np.ndarray, result: Result, width: int = 2) -> np.n
     if len(result):
         colours = [_colour(int(label)) for label in result.labels.tolist()]
         text = [f"{n} {s:.2f}" for n, s in zip(result.names, result.scores.tolist())]
-        image = draw_bounding_boxes(image, torch.from_numpy(result.boxes), labels=text, colors=colours, width=width)
+        # White text on a box of the class colour: readable on any photo.
+        image = draw_bounding_boxes(
+            image,
+            torch.from_numpy(result.boxes),
+            labels=text,
+            colors=colours,
+            width=width,
+            label_colors="white",
+            label_background_colors=colours,
+            fill_labels=True,
+        )
     return image.permute(1, 2, 0).contiguous().numpy()  # (3, H, W) -> (H, W, 3)
 
 
