@@ -24,10 +24,10 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 
-from retinanet.api import Detector  # noqa: E402
-from retinanet.benchmark import BenchConfig, benchmark, format_rows, machine_line  # noqa: E402
-from retinanet.config import preset  # noqa: E402
-from retinanet.model import build_model  # noqa: E402
+from retinanet.api import Detector
+from retinanet.benchmark import BenchConfig, benchmark, format_rows, machine_line
+from retinanet.config import preset
+from retinanet.model import build_model
 
 DATASETS = ROOT.parent / "shared" / "datasets"
 PHOTO = DATASETS / "coco128" / "train2017" / "000000000009.jpg"
@@ -59,7 +59,12 @@ def accuracy(checkpoint: Path, threads: int) -> str:
     from retinanet.checkpoint import model_from_checkpoint
     from retinanet.data.spec import load_dataset
     from retinanet.evaluate import evaluate_detections
-    from retinanet.export import ExportConfig, QuantizeConfig, export_onnx, quantize_int8
+    from retinanet.export import (
+        ExportConfig,
+        QuantizeConfig,
+        export_onnx,
+        quantize_int8,
+    )
     from retinanet.postprocess import Detections
 
     raccoon = DATASETS / "raccoon"

@@ -10,9 +10,15 @@ import cv2
 import numpy as np
 import pytest
 from PIL import Image
-from test_export import CATEGORY_IDS, CLASS_NAMES, exported  # noqa: F401 (fixture)
+from test_export import CATEGORY_IDS, CLASS_NAMES, shared_export
 
 from retinanet.cli import main
+
+
+@pytest.fixture(scope="session")
+def exported(tmp_path_factory):
+    """The checkpoint and .onnx export test_export.py uses (written once per session)."""
+    return shared_export(tmp_path_factory)
 
 COCO = ["000000000009.jpg", "000000000025.jpg", "000000000034.jpg"]
 
@@ -89,7 +95,7 @@ def test_onnx_model_gives_the_same_json(exported, folder, tmp_path):
         assert main(["predict", str(folder), "--model", str(model), "--output", str(tmp_path / name), "--no-save"]) == 0
     a, b = _json(tmp_path / "pt")["annotations"], _json(tmp_path / "onnx")["annotations"]
     assert len(a) == len(b) > 0
-    key = lambda d: (d["image_id"], -d["score"])  # noqa: E731
+    key = lambda d: (d["image_id"], -d["score"])
     for x, y in zip(sorted(a, key=key), sorted(b, key=key)):
         assert x["image_id"] == y["image_id"] and x["category_id"] == y["category_id"]
         assert np.allclose(x["bbox"], y["bbox"], atol=0.05) and abs(x["score"] - y["score"]) < 1e-5
@@ -159,7 +165,7 @@ def test_benchmark_command_small(capsys):
     args = ["benchmark", "--no-peer", "--runtimes", "eager", "torchscript", "--sizes", "64", "96", "--repeats", "1", "--classes", "3"]
     assert main(args) == 0
     out = capsys.readouterr().out
-    rows = [line for line in out.splitlines() if line.startswith("| eager") or line.startswith("| torchscript")]
+    rows = [line for line in out.splitlines() if line.startswith(("| eager", "| torchscript"))]
     assert [r.split("|")[2].strip() for r in rows] == ["64", "64", "96", "96"]
     assert main(["benchmark", "--runtimes", "eager", "--batch", "0", "--no-peer"]) == 1
     assert "batch and repeats must be at least 1" in capsys.readouterr().err

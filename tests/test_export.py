@@ -84,10 +84,15 @@ def _build_files(root: Path) -> tuple[Path, Path]:
     return ckpt, onnx_path
 
 
+def shared_export(tmp_path_factory) -> tuple[Path, Path]:
+    """(checkpoint, exported .onnx) of build_test_model(), written once per session and
+    shared with test_predict.py and test_cli.py."""
+    return _build_files(tmp_path_factory.getbasetemp() / "export_shared")
+
+
 @pytest.fixture(scope="session")
 def exported(tmp_path_factory) -> tuple[Path, Path]:
-    """(checkpoint, exported .onnx) of build_test_model(), written once per session."""
-    return _build_files(tmp_path_factory.getbasetemp() / "export_shared")
+    return shared_export(tmp_path_factory)
 
 
 def real_images(coco128: Path, raccoon: Path) -> list[Path]:
@@ -127,7 +132,7 @@ def test_letterbox_graph_matches_torch_letterbox(coco128, raccoon):
     images.append(torch.randint(0, 256, (3, 7, 5), dtype=torch.uint8))  # tiny: upsampling, odd sides
     images.append(torch.randint(0, 256, (3, 600, 22), dtype=torch.uint8))  # narrow: 22 * 128 / 600 = 4.69 -> 5 columns
     for img in images:
-        ref, scales, sizes = letterbox([img], SIZE)
+        ref, scales, _ = letterbox([img], SIZE)
         x, scale, limits = sess.run(None, {"images": img.permute(1, 2, 0).numpy()[None]})
         h, w = img.shape[-2:]
         assert x.shape == (1, 3, SIZE, SIZE)
@@ -237,7 +242,7 @@ def test_max_detections_and_size_options(coco128):
     graph = DetectionGraph(model, 96, post).eval()
     batch, scales, _ = letterbox([read_image(coco128 / "train2017" / "000000000009.jpg")], 96)
     with torch.no_grad():
-        boxes, scores, labels, count = graph(batch, scales, torch.tensor([640.0, 480, 640, 480]), torch.zeros(1), torch.tensor([0.5]))
+        boxes, scores, _, count = graph(batch, scales, torch.tensor([640.0, 480, 640, 480]), torch.zeros(1), torch.tensor([0.5]))
     assert boxes.shape == (1, 7, 4) and int(count[0]) == 7
     assert (scores[0].diff() <= 0).all()  # best first
     assert graph.anchors.shape[0] == 9 * (12 * 12 + 6 * 6 + 3 * 3 + 2 * 2 + 1)  # P3..P7 of 96 px

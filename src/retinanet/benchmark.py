@@ -22,9 +22,9 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -111,9 +111,9 @@ def test_image(path: str | None, rng_seed: int = 0) -> tuple[np.ndarray, str]:
 
 def traced_runner(model, size: int):
     """TorchScript: the network traced and frozen; letterbox and post-processing eager."""
-    from .preprocess import letterbox
-
     import warnings
+
+    from .preprocess import letterbox
 
     x = torch.rand(1, 3, size, size)
     with torch.no_grad(), warnings.catch_warnings():
@@ -237,7 +237,8 @@ def format_rows(rows: list[dict], batch: int) -> str:
 
 def machine_line(threads: int) -> str:
     try:
-        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
     except (OSError, StopIteration):
         cpu = platform.processor()
     import onnxruntime

@@ -31,9 +31,9 @@ import copy
 import json
 import logging
 import tempfile
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
 
 import onnx
 import torch
@@ -243,7 +243,6 @@ class DetectionGraph(nn.Module):
     def forward(
         self, x: Tensor, scale: Tensor, limits: Tensor, score_threshold: Tensor, iou_threshold: Tensor
     ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        n = x.shape[0]
         cls_logits, box_deltas = self.head(self.fpn(self.backbone((x - self.mean) / self.std)))
         scores, anchor_idx, labels = level_topk(cls_logits, self.level_counts, self.post.topk)  # (N, C) each
         deltas = torch.gather(box_deltas, 1, anchor_idx[..., None].expand(-1, -1, 4))  # (N, C, 4)
@@ -573,7 +572,13 @@ def quantize_int8(fp32_path: str | Path, out_path: str | Path, calibration: str 
     activations calibrated on images (a folder, a glob or a list of files)."""
     import numpy as np
     import onnxruntime
-    from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
     from tqdm import tqdm
 
     from .api import expand_images
@@ -766,15 +771,15 @@ def run(args) -> int:
 
 
 __all__: Iterable[str] = [
+    "PAD_LABEL",
+    "DetectionGraph",
     "ExportConfig",
+    "FoldedHead",
     "QuantizeConfig",
     "export_onnx",
-    "quantize_int8",
     "letterbox_graph",
-    "DetectionGraph",
-    "FoldedHead",
-    "read_metadata",
-    "parity_report",
     "match_detections",
-    "PAD_LABEL",
+    "parity_report",
+    "quantize_int8",
+    "read_metadata",
 ]

@@ -87,7 +87,7 @@ class Writer:
             entry["frame"] = frame
         self.images.append(entry)
         for det in result.to_coco(image_id):
-            x, y, bw, bh = det["bbox"]
+            _, _, bw, bh = det["bbox"]
             self.annotations.append({"id": len(self.annotations) + 1, **det, "area": bw * bh, "iscrowd": 0})
         if self.save_txt:
             labels = self.out / "labels"
