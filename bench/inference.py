@@ -2,7 +2,7 @@
 
 Speed: default preset, 80 classes, 320x320, batch 1, end to end from a decoded COCO photo
 to final boxes in its pixels, for eager PyTorch, TorchScript, ONNX Runtime fp32 and int8,
-beside the torchvision-assembled peer (bench/peer.py) in the same run, interleaved.
+beside the torchvision-assembled peer (retinanet/peer.py) in the same run, interleaved.
 Targets: ORT fp32 <= 25 ms and >= 8x the peer; int8 <= 0.7x fp32; eager >= 4x the peer.
 
 Accuracy (--checkpoint, a model trained on raccoon): COCO AP / AP50 (pycocotools) on

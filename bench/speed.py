@@ -1,5 +1,5 @@
 """Issue "Foundation" benchmark: FLOPs, parameters and eager CPU latency of every preset
-at 320 and 640 px with 80 classes, beside the torchvision-assembled peer (bench/peer.py),
+at 320 and 640 px with 80 classes, beside the torchvision-assembled peer (retinanet/peer.py),
 measured in one run with interleaved timing.
 
 Latency is end to end from an input batch already at the model size to final boxes:
@@ -17,8 +17,9 @@ import argparse
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from common import machine, median_ms, time_interleaved
-from peer import build_peer
+from common import machine, median_ms
+from retinanet.benchmark import time_interleaved
+from retinanet.peer import build_peer
 from retinanet.config import PRESETS, preset
 from retinanet.model import build_model
 

@@ -1,6 +1,6 @@
 """Issue "Training" benchmark: training throughput (images/s) of the default preset at
 320 px, batch 8, against the peer (torchvision's RetinaNet on MobileNetV2 + FPN-256,
-bench/peer.py) on the same batches, in the same run, steps interleaved.
+retinanet/peer.py) on the same batches, in the same run, steps interleaved.
 
 Both take real coco128 batches made by our loader (letterboxed to 320, flips and scale
 jitter), pre-loaded so that only the training step (forward, loss, backward, SGD step)
@@ -17,8 +17,9 @@ import time
 
 import torch
 
-from common import ROOT, machine, time_interleaved
-from peer import build_peer
+from common import ROOT, machine
+from retinanet.benchmark import time_interleaved
+from retinanet.peer import build_peer
 from retinanet.config import AugmentConfig, preset
 from retinanet.data import load_dataset
 from retinanet.data.loader import build_loader
@@ -73,7 +74,7 @@ def main() -> None:
         sum(losses.values()).backward()
         opt_peer.step()
 
-    times = time_interleaved({"ours": step_ours, "peer": step_peer}, repeats=args.steps, warmup=1)
+    times = time_interleaved({"ours": step_ours, "peer": step_peer}, repeats=args.steps, warmup=1, block=2)
     ours_ips = args.batch / statistics.median(times["ours"])
     peer_ips = args.batch / statistics.median(times["peer"])
 

@@ -80,16 +80,7 @@ def time_interleaved(
 
 
 def load_peer():
-    """bench/peer.py's build_peer, from the source checkout this package runs from."""
-    bench = Path(__file__).resolve().parents[2] / "bench"
-    if not (bench / "peer.py").is_file():
-        raise RuntimeError(
-            f"{bench / 'peer.py'}: the torchvision peer lives in bench/ of a source checkout; "
-            "run from the repository or pass --no-peer"
-        )
-    if str(bench) not in sys.path:
-        sys.path.insert(0, str(bench))
-    from peer import build_peer  # type: ignore[import-not-found]
+    from .peer import build_peer
 
     return build_peer
 

@@ -2,8 +2,9 @@
 MobileNetV2 features (C3, C4, C5 at strides 8/16/32) with a 256-channel FPN and P6/P7,
 the paper's anchors (3 scales x 3 ratios, 32..512 px) and torchvision's RetinaNetHead.
 
-Built only from public torchvision APIs; used by every benchmark in bench/ so that our
-numbers are always ratios against the same thing measured in the same run.
+Built only from public torchvision APIs; used by `retinanet benchmark` and every
+benchmark in bench/, so that our numbers are always ratios against the same thing
+measured in the same run.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.backbone_utils import mobilenet_backbone
 from torchvision.ops.feature_pyramid_network import LastLevelP6P7
 
-from retinanet.backbones import install_offline_weights
+from .backbones import install_offline_weights
 
 
 def build_peer(num_classes: int = 80, size: int = 320, pretrained: bool = True, trainable_layers: int = 6) -> RetinaNet:
