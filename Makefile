@@ -5,10 +5,13 @@ setup:
 	./scripts/setup.sh
 
 demo: setup
-	.venv/bin/retinanet predict ../shared/datasets/coco128/train2017/000000000009.jpg
+	.venv/bin/retinanet train
 
 test: setup
 	.venv/bin/python -m pytest -q
 
 bench: setup
 	.venv/bin/python bench/speed.py
+	.venv/bin/python bench/train_speed.py
+	.venv/bin/python bench/inference.py
+	.venv/bin/python bench/raccoon.py

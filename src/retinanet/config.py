@@ -38,8 +38,9 @@ class BackboneConfig:
     weights: str = "imagenet"
     """'imagenet' (torchvision's ImageNet weights), a path to a .pth file, or 'none'
     ('checkpoint' is set when a detector checkpoint supplies every weight)."""
-    freeze_stages: int = 0
-    """Number of leading stages (stem = 1) whose parameters are frozen."""
+    freeze_stages: int = 2
+    """Leading stages (1 = stride 2, 2 = up to stride 4, ...) left frozen: the generic low-level
+    ImageNet features need no tuning, and skipping their backward halves the step time on a CPU."""
     freeze_bn: bool = True
     """Freeze the backbone's batch norm at its pretrained statistics (folded into the convs).
     Right for fine-tuning with small batches; turn off when training a backbone from scratch."""
@@ -164,8 +165,9 @@ class DataConfig:
     """Split trained on."""
     val_split: str = "auto"
     """Split evaluated each epoch: a name, 'none', or 'auto' (val, else test, else the training images)."""
-    workers: int = 2
-    """DataLoader worker processes (0 = load in the main process)."""
+    workers: int = -1
+    """DataLoader worker processes (0 = load in the main process; -1 = auto: none on a machine
+    with 2 cores or fewer, where workers only take cores from the network, else up to 4)."""
     drop_bad: bool = False
     """Drop unusable images/boxes with a report instead of stopping."""
     augment: AugmentConfig = field(default_factory=AugmentConfig)
@@ -250,14 +252,14 @@ def preset(name: str = "default", num_classes: int = 80, **overrides: Any) -> Mo
         cfg = ModelConfig(
             input_size=640,
             # No ImageNet MobileNetV1 ships with torchvision: start from `retinanet pretrain` output.
-            backbone=BackboneConfig(name="mobilenet_v1", weights="none", freeze_bn=False),
+            backbone=BackboneConfig(name="mobilenet_v1", weights="none", freeze_bn=False, freeze_stages=0),
             fpn=FPNConfig(channels=256, lite=False),
             head=HeadConfig(lite=False, norm="gn"),
         )
     elif name in ("v3", "v3_small"):
         backbone = "mobilenet_v3_large" if name == "v3" else "mobilenet_v3_small"
         # ImageNet V3 weights come from torchvision's cache or a user-given file; none ship offline.
-        cfg = ModelConfig(backbone=BackboneConfig(name=backbone, weights="none", freeze_bn=False))
+        cfg = ModelConfig(backbone=BackboneConfig(name=backbone, weights="none", freeze_bn=False, freeze_stages=0))
     else:
         raise ConfigError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
     cfg.preset = name

@@ -171,6 +171,13 @@ def resolve_val_split(cfg: RunConfig) -> str | None:
     return cfg.data.train_split
 
 
+def resolve_workers(n: int) -> int:
+    if n >= 0:
+        return n
+    cores = os.cpu_count() or 1
+    return 0 if cores <= 2 else min(4, cores - 1)
+
+
 def next_run_dir(out: str, name: str) -> Path:
     base = Path(out)
     if name:
@@ -281,7 +288,7 @@ class Trainer:
             cfg.model.input_size,
             train=True,
             batch_size=t.batch_size,
-            workers=cfg.data.workers,
+            workers=resolve_workers(cfg.data.workers),
             seed=t.seed,
             augment=cfg.data.augment,
             distributed=self.dist.enabled,
@@ -501,7 +508,7 @@ class Trainer:
             self.eval_model,
             self.val_data,
             batch_size=self.cfg.train.batch_size,
-            workers=self.cfg.data.workers,
+            workers=resolve_workers(self.cfg.data.workers),
             out_dir=out_dir,
             plots=plots,
             progress=self.progress,

@@ -53,6 +53,7 @@ def finish(trainer, progress: bool = True) -> dict:
     """After training: evaluate the best weights with every plot, draw training curves,
     and run the model on a few validation images. Returns the final metrics."""
     from .checkpoint import model_from_checkpoint
+    from .engine import resolve_workers
     from .evaluate import evaluate
     from .plots import plot_training_curves
 
@@ -65,16 +66,14 @@ def finish(trainer, progress: bool = True) -> dict:
     if trainer.val_data is not None and best.exists():
         model = model_from_checkpoint(best).to(trainer.device)
         metrics = evaluate(model, trainer.val_data, batch_size=trainer.cfg.train.batch_size,
-                           workers=trainer.cfg.data.workers, out_dir=run / "val", plots=True, progress=progress)
+                           workers=resolve_workers(trainer.cfg.data.workers), out_dir=run / "val", plots=True, progress=progress)
         written.append(run / "val")
-        try:
-            from .predict import predict_files
+        # The predict command itself, as a user would run it, on a few validation images.
+        from .cli import main as cli_main
 
-            images = [r.image_path for r in trainer.val_data.records[:8]]
-            predict_files(model, images, run / "predict")
-            written.append(run / "predict")
-        except ImportError:
-            pass
+        images = [str(r.image_path) for r in trainer.val_data.records[:8]]
+        cli_main(["predict", *images, "--model", str(best), "--output", str(run / "predict"), "--conf", "0.3"])
+        written.append(run / "predict")
     print(f"\nrun folder: {run}")
     for w in written:
         print(f"  {w}")
