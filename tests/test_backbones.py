@@ -26,7 +26,7 @@ EXPECTED = {
 
 @pytest.mark.parametrize("name", sorted(EXPECTED))
 def test_backbone_contract(name):
-    b = build_backbone(BackboneConfig(name=name, weights="none")).eval()
+    b = build_backbone(BackboneConfig(name=name, weights="none", freeze_bn=False)).eval()
     feats = b(torch.rand(1, 3, 96, 160))
     assert b.out_channels == EXPECTED[name] and b.strides == (8, 16, 32)
     assert [f.shape[1] for f in feats] == list(b.out_channels)
@@ -35,7 +35,7 @@ def test_backbone_contract(name):
 
 @pytest.mark.parametrize("width,c5", [(1.0, 1024), (0.75, 768), (0.5, 512), (0.25, 256)])
 def test_mobilenet_v1_width_multiplier(width, c5):
-    b = build_backbone(BackboneConfig(name="mobilenet_v1", width=width, weights="none"))
+    b = build_backbone(BackboneConfig(name="mobilenet_v1", width=width, weights="none", freeze_bn=False))
     assert b.out_channels == (int(256 * width), int(512 * width), c5)
     # Depthwise + pointwise only: every 3x3 conv after the stem is depthwise.
     convs = [m for m in b.modules() if isinstance(m, torch.nn.Conv2d)]
@@ -44,7 +44,8 @@ def test_mobilenet_v1_width_multiplier(width, c5):
 
 
 def test_freeze_stages_and_bn():
-    b = build_backbone(BackboneConfig(weights="none", freeze_stages=2, freeze_bn=True))
+    with pytest.warns(UserWarning, match="freeze_bn=false"):  # frozen random statistics: the user is told
+        b = build_backbone(BackboneConfig(weights="none", freeze_stages=2, freeze_bn=True))
     frozen = [all(not p.requires_grad for p in s.parameters()) for s in b.stages]
     assert frozen == [True, True, False, False, False]
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in b.modules())
