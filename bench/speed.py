@@ -50,7 +50,7 @@ def main() -> None:
             fns[name] = lambda m=m: m.postprocess(m(x), (size, size))
             fns[name + ":forward"] = lambda m=m: m(x)
         with torch.no_grad():
-            times = time_interleaved(fns, repeats=args.repeats)
+            times = time_interleaved(fns, repeats=args.repeats, warmup=2)
         peer_ms = median_ms(times["peer"])
         peer_params = sum(p.numel() for p in peer.parameters()) / 1e6
         print(f"| torchvision RetinaNet-MobileNetV2-FPN256 (peer) | {size} | {flops(lambda: peer(x_peer)):.2f} | {peer_params:.2f} | | {peer_ms:.1f} | 1.00 |")
