@@ -27,7 +27,7 @@ from retinanet.export import (
     PAD_LABEL,
     DetectionGraph,
     ExportConfig,
-    FoldedHead,
+    fold_head_bn,
     QuantizeConfig,
     export_onnx,
     letterbox_graph,
@@ -118,12 +118,12 @@ def test_folded_head_equals_shared_head():
     feats = [torch.randn(2, 128, s, s) for s in (16, 8, 4, 2, 1)]
     with torch.no_grad():
         ref_cls, ref_box = model.head(feats)
-        cls, box = FoldedHead(model.head, 5).eval()(feats)
+        cls, box = fold_head_bn(model.head, 5).eval()(feats)
     assert cls.shape == ref_cls.shape == (2, (256 + 64 + 16 + 4 + 1) * 9, 3)
     torch.testing.assert_close(cls, ref_cls, rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(box, ref_box, rtol=1e-4, atol=1e-4)
     # Folding really happened: the towers have no batch norm left, one conv copy per level.
-    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in FoldedHead(model.head, 5).modules())
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in fold_head_bn(model.head, 5).modules())
 
 
 def test_letterbox_graph_matches_torch_letterbox(coco128, raccoon):

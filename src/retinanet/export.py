@@ -162,33 +162,21 @@ class _FoldedTower(nn.Module):
         return self.levels[level](x)
 
 
-class FoldedHead(nn.Module):
-    """RetinaHead for inference: same outputs, batch norms folded per level (eval mode)."""
-
-    def __init__(self, head: nn.Module, num_levels: int):
-        super().__init__()
-        self.num_classes = head.num_classes
-        self.cls_tower = _FoldedTower(head.cls_tower, num_levels)
-        self.box_tower = _FoldedTower(head.box_tower, num_levels)
-        self.cls_pred, self.box_pred = head.cls_pred, head.box_pred
-
-    def forward(self, feats: list[Tensor]) -> tuple[Tensor, Tensor]:
-        n = feats[0].shape[0]
-        cls_out, box_out = [], []
-        for level, f in enumerate(feats):
-            c = self.cls_pred(self.cls_tower(f, level))  # (N, A*K, H, W)
-            b = self.box_pred(self.box_tower(f, level))  # (N, A*4, H, W)
-            # (N, A*K, H, W) -> (N, H, W, A*K) -> (N, H*W*A, K)
-            cls_out.append(c.permute(0, 2, 3, 1).reshape(n, -1, self.num_classes))
-            box_out.append(b.permute(0, 2, 3, 1).reshape(n, -1, 4))
-        return torch.cat(cls_out, dim=1), torch.cat(box_out, dim=1)
+def fold_head_bn(head: nn.Module, num_levels: int) -> nn.Module:
+    """RetinaHead for inference: the same module and forward, with each tower replaced by
+    its per-level folded copy (eval mode)."""
+    folded = copy.copy(head)  # shallow: shares the predictors, gets its own module dict
+    folded._modules = dict(head._modules)
+    folded.cls_tower = _FoldedTower(head.cls_tower, num_levels)
+    folded.box_tower = _FoldedTower(head.box_tower, num_levels)
+    return folded
 
 
 def inference_head(model: nn.Module, fold_bn: bool = True) -> nn.Module:
     """The model's head, with per-level batch norms folded when it has them."""
     head = model.head
     if fold_bn and getattr(head.cls_tower, "norm", None) == "bn":
-        return FoldedHead(head, model.fpn.num_levels).eval()
+        return fold_head_bn(head, model.fpn.num_levels).eval()
     return head
 
 
@@ -774,7 +762,7 @@ __all__: Iterable[str] = [
     "PAD_LABEL",
     "DetectionGraph",
     "ExportConfig",
-    "FoldedHead",
+    "fold_head_bn",
     "QuantizeConfig",
     "export_onnx",
     "letterbox_graph",
