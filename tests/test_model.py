@@ -92,3 +92,22 @@ def test_predict_maps_boxes_to_original_pixels(coco128):
     # the same image twice in one batch gives identical detections
     a, b = model.predict([img, img])
     torch.testing.assert_close(a.boxes, b.boxes)
+
+
+def test_fuse_folds_head_batch_norm_with_the_same_outputs():
+    model = build_model(preset("default", num_classes=3, input_size=128)).eval()
+    with torch.no_grad():  # non-trivial statistics, so a wrong fold would show
+        for bn in model.head.modules():
+            if isinstance(bn, torch.nn.BatchNorm2d):
+                bn.running_mean.normal_()
+                bn.running_var.uniform_(0.5, 2.0)
+                bn.weight.uniform_(0.5, 2.0)
+        x = torch.rand(2, 3, 128, 128)
+        before = model(x)
+        model.fuse()
+        after = model(x)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
+    for a, b in zip(before, after):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+    with pytest.raises(RuntimeError, match="fused"):
+        model.train()

@@ -58,9 +58,10 @@ def test_mixed_sizes_keep_input_order(detector, image, raccoon):
     a, b = detector.predict(image), detector.predict(other)
     ra, rb, ra2 = detector.predict([image, other, image])
     assert ra.image_size == a.image_size and rb.image_size == b.image_size
-    np.testing.assert_allclose(ra.boxes, a.boxes, atol=1e-3)
-    np.testing.assert_allclose(rb.boxes, b.boxes, atol=1e-3)
-    np.testing.assert_allclose(ra2.boxes, a.boxes, atol=1e-3)
+    # batch 3 vs batch 1: conv blocking differs, so allow float noise (0.01 px)
+    np.testing.assert_allclose(ra.boxes, a.boxes, atol=1e-2)
+    np.testing.assert_allclose(rb.boxes, b.boxes, atol=1e-2)
+    np.testing.assert_allclose(ra2.boxes, a.boxes, atol=1e-2)
 
 
 def test_grey_and_rgba_arrays(detector, raccoon):

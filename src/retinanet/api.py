@@ -286,7 +286,7 @@ class Detector:
             elif path.suffix.lower() in CHECKPOINT_SUFFIXES:
                 from .checkpoint import model_from_checkpoint
 
-                model = model_from_checkpoint(path)
+                model = model_from_checkpoint(path).fuse()  # ours alone: fold for inference
             else:
                 raise ValueError(f"{path}: unknown model format {path.suffix!r}: expected a .pt checkpoint or an .onnx export")
             self.path: Path | None = path

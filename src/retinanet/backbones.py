@@ -308,18 +308,20 @@ def build_backbone(cfg: BackboneConfig) -> Backbone:
                 "statistics, so the backbone trains without normalisation; set backbone.freeze_bn=false",
                 stacklevel=2,
             )
-        backbone = fold_frozen_bn(backbone)
+        backbone = fold_bn(backbone)
     if cfg.freeze_stages:
         backbone.freeze(cfg.freeze_stages)
     return backbone
 
 
-def fold_frozen_bn(module: nn.Module) -> nn.Module:
-    """Freeze batch norm by folding it into the conv before it (conv gains a bias, BN
-    becomes Identity). Same function as eval-mode BN, and free at run time: in training on
-    a CPU, batch norm of the high-resolution early layers costs as much as their convs."""
+def fold_bn(module: nn.Module) -> nn.Module:
+    """Fold every batch norm that follows a conv in a Sequential into that conv (the conv
+    gains a bias, the BN becomes Identity): the function of eval-mode BN, with its
+    statistics frozen, at no run-time cost. Used to freeze the backbone's BN (in training on
+    a CPU, BN of the high-resolution early layers costs as much as their convs) and by
+    RetinaNet.fuse() for inference."""
     for child in module.children():
-        fold_frozen_bn(child)
+        fold_bn(child)
     if isinstance(module, nn.Sequential):
         layers = list(module)
         for i in range(len(layers) - 1):

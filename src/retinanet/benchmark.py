@@ -16,6 +16,7 @@ medians and the ratios to the peer are what to read on a shared machine.
 from __future__ import annotations
 
 import argparse
+import copy
 import os
 import platform
 import statistics
@@ -138,11 +139,13 @@ def build_runners(model, size: int, runtimes: tuple[str, ...], workdir: Path, ca
     from .export import ExportConfig, QuantizeConfig, export_onnx, quantize_int8
 
     runners: dict[str, Callable] = {}
+    # Batch norms folded, as Detector("model.pt") does; the caller's model stays trainable.
+    fused = copy.deepcopy(model).fuse()
     if "eager" in runtimes:
-        eager = Detector(model, device="cpu")
+        eager = Detector(fused, device="cpu")
         runners["eager"] = lambda imgs: eager.predict_tensors(imgs)
     if "torchscript" in runtimes:
-        runners["torchscript"] = traced_runner(model, size)
+        runners["torchscript"] = traced_runner(fused, size)
     if "compile" in runtimes:
         runners["compile"] = compiled_runner(model, size)
     if "onnx" in runtimes or "int8" in runtimes:

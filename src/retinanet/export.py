@@ -40,10 +40,10 @@ import torch
 from onnx import TensorProto
 from onnx import helper as oh
 from torch import Tensor, nn
-from torch.nn.utils.fusion import fuse_conv_bn_eval
 from torchvision.ops import batched_nms
 
 from .boxes import BoxCoder
+from .heads import fold_head_bn
 from .config import PostprocessConfig
 from .preprocess import letterbox
 
@@ -136,40 +136,6 @@ def _nms_to_onnx(boxes, scores, max_per_class: int, iou_threshold, score_thresho
 
 
 # ----------------------------------------------------------------------------- BN folding
-
-
-class _FoldedTower(nn.Module):
-    """A head tower with each level's batch norm folded into that level's own copy of the
-    conv before it. The trained head shares conv weights across levels but keeps a BN
-    per level, so no runtime can fold it: the folded copies differ per level."""
-
-    def __init__(self, tower: nn.Module, num_levels: int):
-        super().__init__()
-        self.levels = nn.ModuleList()
-        for level in range(num_levels):
-            layers: list[nn.Module] = []
-            for i, conv in enumerate(tower.convs):
-                bn = tower.norms[i][level]
-                if isinstance(conv, nn.Sequential):  # lite: depthwise (shared), pointwise (+ BN folded)
-                    *rest, last = list(conv)
-                    layers += [*rest, fuse_conv_bn_eval(copy.deepcopy(last), bn)]
-                else:
-                    layers.append(fuse_conv_bn_eval(copy.deepcopy(conv), bn))
-                layers.append(copy.deepcopy(tower.act))
-            self.levels.append(nn.Sequential(*layers))
-
-    def forward(self, x: Tensor, level: int) -> Tensor:
-        return self.levels[level](x)
-
-
-def fold_head_bn(head: nn.Module, num_levels: int) -> nn.Module:
-    """RetinaHead for inference: the same module and forward, with each tower replaced by
-    its per-level folded copy (eval mode)."""
-    folded = copy.copy(head)  # shallow: shares the predictors, gets its own module dict
-    folded._modules = dict(head._modules)
-    folded.cls_tower = _FoldedTower(head.cls_tower, num_levels)
-    folded.box_tower = _FoldedTower(head.box_tower, num_levels)
-    return folded
 
 
 def inference_head(model: nn.Module, fold_bn: bool = True) -> nn.Module:

@@ -9,10 +9,12 @@ because statistics differ between levels (as in TF's weight-shared box predictor
 
 from __future__ import annotations
 
+import copy
 import math
 
 import torch
 from torch import Tensor, nn
+from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 
 class _Tower(nn.Module):
@@ -99,3 +101,40 @@ class RetinaHead(nn.Module):
             cls_out.append(c.permute(0, 2, 3, 1).reshape(n, -1, self.num_classes))
             box_out.append(b.permute(0, 2, 3, 1).reshape(n, -1, 4))
         return torch.cat(cls_out, dim=1), torch.cat(box_out, dim=1)
+
+
+# ----------------------------------------------------------------------------- inference
+
+
+class _FoldedTower(nn.Module):
+    """A head tower with each level's batch norm folded into that level's own copy of the
+    conv before it. The trained head shares conv weights across levels but keeps a BN
+    per level, so no runtime can fold it: the folded copies differ per level."""
+
+    def __init__(self, tower: nn.Module, num_levels: int):
+        super().__init__()
+        self.levels = nn.ModuleList()
+        for level in range(num_levels):
+            layers: list[nn.Module] = []
+            for i, conv in enumerate(tower.convs):
+                bn = tower.norms[i][level]
+                if isinstance(conv, nn.Sequential):  # lite: depthwise (shared), pointwise (+ BN folded)
+                    *rest, last = list(conv)
+                    layers += [*rest, fuse_conv_bn_eval(copy.deepcopy(last), bn)]
+                else:
+                    layers.append(fuse_conv_bn_eval(copy.deepcopy(conv), bn))
+                layers.append(copy.deepcopy(tower.act))
+            self.levels.append(nn.Sequential(*layers))
+
+    def forward(self, x: Tensor, level: int) -> Tensor:
+        return self.levels[level](x)
+
+
+def fold_head_bn(head: RetinaHead, num_levels: int) -> RetinaHead:
+    """RetinaHead for inference: the same module and forward, with each tower replaced by
+    its per-level folded copy (eval mode)."""
+    folded = copy.copy(head)  # shallow: shares the predictors, gets its own module dict
+    folded._modules = dict(head._modules)
+    folded.cls_tower = _FoldedTower(head.cls_tower, num_levels)
+    folded.box_tower = _FoldedTower(head.box_tower, num_levels)
+    return folded

@@ -10,11 +10,11 @@ import torch
 from torch import Tensor, nn
 
 from .anchors import AnchorGenerator
-from .backbones import Backbone, build_backbone
+from .backbones import Backbone, build_backbone, fold_bn
 from .boxes import BoxCoder
 from .config import ModelConfig
 from .fpn import FPN
-from .heads import RetinaHead
+from .heads import RetinaHead, fold_head_bn
 from .losses import DetectionLoss
 from .postprocess import Detections, postprocess
 from .preprocess import IMAGENET_MEAN, IMAGENET_STD, letterbox
@@ -82,7 +82,23 @@ class RetinaNet(nn.Module):
                 p.requires_grad_(not frozen and i >= self.cfg.backbone.freeze_stages)
         self.train(self.training)
 
+    def fuse(self) -> RetinaNet:
+        """Inference only, in place: fold every batch norm into the conv before it (the head's
+        per-level BNs into per-level conv copies). Same outputs, fewer passes over the
+        activations; the model can no longer be trained."""
+        if not getattr(self, "fused", False):
+            self.eval()
+            fold_bn(self.backbone)
+            fold_bn(self.fpn)
+            if self.cfg.head.norm == "bn":
+                self.head = fold_head_bn(self.head, self.fpn.num_levels)
+            self.to(memory_format=torch.channels_last)
+        self.fused = True
+        return self.eval()
+
     def train(self, mode: bool = True) -> RetinaNet:
+        if mode and getattr(self, "fused", False):
+            raise RuntimeError("this model was fused for inference (model.fuse()); rebuild it to train")
         super().train(mode)
         if mode and getattr(self, "backbone_frozen", False):
             self.backbone.eval()
