@@ -429,6 +429,7 @@ def tiny_model():
     cfg.backbone.weights, cfg.backbone.freeze_bn = "none", False  # random backbone: nothing to freeze
     cfg.postprocess.score_thresh = 0.0  # an untrained model scores about the 0.01 prior: keep its boxes
     cfg.postprocess.max_detections = 20
+    cfg.rect = False  # evaluation letterboxes to the square, as training does: predict the same way
     model = build_model(cfg, class_names=["raccoon"], category_ids=[0])
     with torch.no_grad():  # spread the scores: an untrained head ties them all at the prior, and ties
         for conv in model.head.modules():  # would make the top detections depend on rounding

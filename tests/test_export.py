@@ -62,6 +62,8 @@ def build_test_model(seed: int = 0):
 def _build(seed: int):
     torch.manual_seed(seed)
     model = build_model(preset("default", num_classes=len(CLASS_NAMES), input_size=SIZE), CLASS_NAMES, CATEGORY_IDS)
+    # Exported graphs letterbox to the full square; compare eager on the same geometry.
+    model.cfg.rect = False
     with torch.no_grad():
         for m in model.head.modules():
             if isinstance(m, torch.nn.Conv2d):

@@ -111,3 +111,17 @@ def test_fuse_folds_head_batch_norm_with_the_same_outputs():
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
     with pytest.raises(RuntimeError, match="fused"):
         model.train()
+
+
+def test_rectangular_letterbox_pads_to_the_stride_only():
+    from retinanet.preprocess import letterbox
+
+    img = torch.randint(0, 255, (3, 480, 640), dtype=torch.uint8)  # 4:3 -> 240 x 320 content
+    square, s1, _ = letterbox([img], 320)
+    rect, s2, _ = letterbox([img], 320, stride=32)
+    assert square.shape == (1, 3, 320, 320) and rect.shape == (1, 3, 256, 320)
+    assert s1.item() == s2.item() == 0.5
+    torch.testing.assert_close(rect, square[:, :, :256])  # same content, less padding
+    tall = torch.randint(0, 255, (3, 700, 300), dtype=torch.uint8)  # batch: each side the max over images
+    both, _, _ = letterbox([img, tall], 320, stride=32)
+    assert both.shape == (2, 3, 320, 320)

@@ -124,6 +124,9 @@ class ModelConfig:
     """Number of object classes K (no background class)."""
     input_size: int = 320
     """Square side images are letterboxed to."""
+    rect: bool = True
+    """predict() pads the letterboxed image only up to a multiple of RECT_STRIDE instead of the
+    full square (a 4:3 photo runs at 320 x 256). Exported graphs and evaluation stay square."""
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
     fpn: FPNConfig = field(default_factory=FPNConfig)
     anchors: AnchorConfig = field(default_factory=AnchorConfig)

@@ -20,6 +20,11 @@ from .postprocess import Detections, postprocess
 from .preprocess import IMAGENET_MEAN, IMAGENET_STD, letterbox
 
 
+# Rectangular inference pads each side to a multiple of this (the peer, torchvision's
+# detection transform, pads to 32 as well); any size works, as anchors follow the input.
+RECT_STRIDE = 32
+
+
 class RetinaNet(nn.Module):
     def __init__(
         self,
@@ -140,7 +145,7 @@ class RetinaNet(nn.Module):
             images = [images]
         was_training = self.training
         self.eval()
-        batch, scales, sizes = letterbox(list(images), self.cfg.input_size)
+        batch, scales, sizes = letterbox(list(images), self.cfg.input_size, RECT_STRIDE if self.cfg.rect else None)
         batch = batch.to(self.mean.device)
         out = self.postprocess(self(batch), batch.shape[-2:], scales, sizes)
         self.train(was_training)

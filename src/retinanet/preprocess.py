@@ -20,13 +20,15 @@ def letterbox_size(h: int, w: int, size: int) -> tuple[int, int, float]:
     return max(1, round(h * scale)), max(1, round(w * scale)), scale
 
 
-def letterbox(images: list[Tensor], size: int) -> tuple[Tensor, Tensor, Tensor]:
+def letterbox(images: list[Tensor], size: int, stride: int | None = None) -> tuple[Tensor, Tensor, Tensor]:
     """images: list of (3, H, W) uint8 or float in [0, 1].
 
-    Returns batch (N, 3, size, size) float in [0, 1], scales (N,) and original sizes (N, 2) as (H, W).
+    Returns batch (N, 3, S_h, S_w) float in [0, 1], scales (N,) and original sizes (N, 2) as
+    (H, W). Without ``stride`` the batch is the full size x size square; with it, each side
+    is padded only up to a multiple of ``stride`` (rectangular inference: a 4:3 photo at
+    320 becomes 320 x 256 instead of 320 x 320, 20% fewer pixels to run).
     """
-    batch = torch.zeros(len(images), 3, size, size)
-    scales, sizes = [], []
+    resized, scales, sizes = [], [], []
     for i, img in enumerate(images):
         if img.ndim != 3 or img.shape[0] != 3:
             raise ValueError(f"image {i}: expected a (3, H, W) tensor, got shape {tuple(img.shape)}")
@@ -34,8 +36,14 @@ def letterbox(images: list[Tensor], size: int) -> tuple[Tensor, Tensor, Tensor]:
         nh, nw, scale = letterbox_size(h, w, size)
         x = img.float() / 255 if img.dtype == torch.uint8 else img.float()
         # Antialiased bilinear, like PIL's resize, so small outputs do not alias.
-        x = F.interpolate(x[None], size=(nh, nw), mode="bilinear", align_corners=False, antialias=True)[0]
-        batch[i, :, :nh, :nw] = x.clamp(0, 1)
+        resized.append(F.interpolate(x[None], size=(nh, nw), mode="bilinear", align_corners=False, antialias=True)[0])
         scales.append(scale)
         sizes.append((h, w))
+    out_h = out_w = size
+    if stride:
+        out_h = min(size, -(-max(x.shape[1] for x in resized) // stride) * stride)
+        out_w = min(size, -(-max(x.shape[2] for x in resized) // stride) * stride)
+    batch = torch.zeros(len(images), 3, out_h, out_w)
+    for i, x in enumerate(resized):
+        batch[i, :, : x.shape[1], : x.shape[2]] = x.clamp(0, 1)
     return batch, torch.tensor(scales), torch.tensor(sizes)
