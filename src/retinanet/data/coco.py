@@ -211,35 +211,19 @@ def write_coco(
     if image_names is None:
         image_names = dict(zip((r.image_path for r in dataset.records), unique_file_names([r.image_path for r in dataset.records])))
     category_ids = dataset.category_ids if dataset.format == "coco" else list(range(1, dataset.num_classes + 1))
-    images, annotations = [], []
     for r in tqdm(dataset.records, desc=f"writing COCO {split}", unit="img", disable=not progress, leave=False):
-        name = image_names[r.image_path]
-        place_image(r.image_path, out / split / name, copy_images)
-        images.append({"id": int(r.image_id), "file_name": name, "width": int(r.width), "height": int(r.height)})
-        areas = r.areas if r.areas is not None else [None] * len(r.labels)
-        for box, label, ign, area in zip(r.boxes.tolist(), r.labels.tolist(), r.ignore.tolist(), areas):
-            x1, y1, x2, y2 = box
-            w, h = x2 - x1, y2 - y1
-            annotations.append(
-                {
-                    "id": len(annotations) + 1,
-                    "image_id": int(r.image_id),
-                    "category_id": int(category_ids[label]),
-                    # 3 decimals: far below a pixel, and COCO's own files use 2.
-                    "bbox": [round(x1, 3), round(y1, 3), round(w, 3), round(h, 3)],
-                    "area": round(float(w * h if area is None else area), 3),
-                    "iscrowd": int(ign),
-                    "segmentation": [[round(v, 3) for v in (x1, y1, x2, y1, x2, y2, x1, y2)]],
-                }
-            )
-    categories = [{"id": int(c), "name": n, "supercategory": ""} for c, n in zip(category_ids, dataset.class_names)]
+        place_image(r.image_path, out / split / image_names[r.image_path], copy_images)
+    # 3 decimals: far below a pixel, and COCO's own files use 2.
     doc = {
         "info": {"description": f"written by retinanet convert from {dataset.root or ''}"},
         "licenses": [],
-        "images": images,
-        "annotations": annotations,
-        "categories": categories,
+        **dataset.to_coco(category_ids, image_names, decimals=3),
     }
+    for a in doc["annotations"]:  # a box polygon, for tools that insist on segmentations
+        x, y, w, h = a["bbox"]
+        a["segmentation"] = [[round(v, 3) for v in (x, y, x + w, y, x + w, y + h, x, y + h)]]
+    for c in doc["categories"]:
+        c["supercategory"] = ""
     path = out / "annotations" / f"{COCO_PREFIX}{split}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(doc))

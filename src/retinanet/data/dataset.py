@@ -80,13 +80,25 @@ class DetectionDataset:
     def num_boxes(self, include_ignored: bool = False) -> int:
         return int(sum(len(r.labels) if include_ignored else int((~r.ignore).sum()) for r in self.records))
 
-    def to_coco(self) -> dict[str, Any]:
-        """Ground truth as a COCO ``instances`` dict with the dataset's own category ids,
-        ready for pycocotools. Ignored boxes become ``iscrowd: 1``, which COCOeval
-        treats as regions where detections are neither true nor false positives."""
+    def to_coco(
+        self,
+        category_ids: list[int] | None = None,
+        file_names: dict[Path, str] | None = None,
+        decimals: int | None = None,
+    ) -> dict[str, Any]:
+        """Ground truth as a COCO ``instances`` dict, ready for pycocotools: the dataset's own
+        category ids (or ``category_ids``), image paths as file names (or ``file_names``),
+        coordinates exact (or rounded to ``decimals``). Ignored boxes become ``iscrowd: 1``,
+        which COCOeval treats as regions where detections are neither true nor false positives."""
+        ids = self.category_ids if category_ids is None else category_ids
+
+        def rnd(v: float) -> float:
+            return v if decimals is None else round(float(v), decimals)
+
         images, annotations = [], []
         for r in self.records:
-            images.append({"id": int(r.image_id), "file_name": str(r.image_path), "width": r.width, "height": r.height})
+            name = str(r.image_path) if file_names is None else file_names[r.image_path]
+            images.append({"id": int(r.image_id), "file_name": name, "width": int(r.width), "height": int(r.height)})
             areas = r.areas.tolist() if r.areas is not None else [None] * len(r.labels)
             for box, label, ign, area in zip(r.boxes.tolist(), r.labels.tolist(), r.ignore.tolist(), areas):
                 x1, y1, x2, y2 = box
@@ -95,11 +107,11 @@ class DetectionDataset:
                     {
                         "id": len(annotations) + 1,
                         "image_id": int(r.image_id),
-                        "category_id": int(self.category_ids[label]),
-                        "bbox": [x1, y1, w, h],
-                        "area": w * h if area is None else area,
+                        "category_id": int(ids[label]),
+                        "bbox": [rnd(x1), rnd(y1), rnd(w), rnd(h)],
+                        "area": rnd(w * h if area is None else area),
                         "iscrowd": int(ign),
                     }
                 )
-        categories = [{"id": int(c), "name": n} for c, n in zip(self.category_ids, self.class_names)]
+        categories = [{"id": int(c), "name": n} for c, n in zip(ids, self.class_names)]
         return {"images": images, "annotations": annotations, "categories": categories}
