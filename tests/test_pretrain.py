@@ -415,7 +415,8 @@ def test_resume_after_a_kill_gives_the_uninterrupted_result(crops, tmp_path):
     assert [r["epoch"] for r in resumed.history] == [1, 2]
     a = load_pretrain_checkpoint(straight.last_path)
     b = load_pretrain_checkpoint(resumed.last_path)
-    assert b["epoch"] == 2 and b["history"][0] == a["history"][0] | {"seconds": b["history"][0]["seconds"]}
+    untimed = [{k: v for k, v in row.items() if k != "seconds"} for row in (a["history"][0], b["history"][0])]
+    assert b["epoch"] == 2 and untimed[0] == untimed[1]  # same first epoch, whatever it took
     # Same seed, per-epoch randomness, restored optimiser and schedule: the same weights.
     for k, v in a["classifier_state"].items():
         torch.testing.assert_close(b["classifier_state"][k], v, msg=k)

@@ -42,17 +42,23 @@ def save_checkpoint(state: dict[str, Any], path: str | Path) -> Path:
     return atomic_save({"format": FORMAT, **state}, path)
 
 
-def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+def read_stamped(path: str | Path, fmt: str, key: str, what: str, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """A plain-dict file stamped with ``fmt`` that holds ``key``, read with weights_only=True;
+    a missing, unreadable or foreign file raises an error naming it."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: checkpoint not found")
+        raise FileNotFoundError(f"{path}: {what} not found")
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:
         raise RuntimeError(f"{path}: not a readable checkpoint: {e}") from e
-    if not isinstance(state, dict) or state.get("format") != FORMAT or "model" not in state:
-        raise RuntimeError(f"{path}: not a {FORMAT} checkpoint")
+    if not isinstance(state, dict) or state.get("format") != fmt or key not in state:
+        raise RuntimeError(f"{path}: not a {fmt} {what}")
     return state
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    return read_stamped(path, FORMAT, "model", "checkpoint", map_location)
 
 
 def model_from_checkpoint(path_or_state: str | Path | dict[str, Any], use_ema: bool = True):

@@ -37,7 +37,7 @@ from torchvision.transforms import v2
 from tqdm import tqdm
 
 from .backbones import build_classifier, imagenet_state_dict, load_weights_file
-from .checkpoint import atomic_save
+from .checkpoint import atomic_save, read_stamped
 from .config import ConfigError, from_dict, preset, to_dict
 from .data import load_dataset
 from .data.dataset import DetectionDataset
@@ -494,16 +494,7 @@ def save_pretrain_checkpoint(state: dict[str, Any], path: str | Path) -> Path:
 
 
 def load_pretrain_checkpoint(path: str | Path) -> dict[str, Any]:
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: pretrain checkpoint not found")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise RuntimeError(f"{path}: not a readable checkpoint: {e}") from e
-    if not isinstance(state, dict) or state.get("format") != FORMAT or "classifier_state" not in state:
-        raise RuntimeError(f"{path}: not a {FORMAT} checkpoint (written by `retinanet pretrain`)")
-    return state
+    return read_stamped(path, FORMAT, "classifier_state", "pretrain checkpoint (written by `retinanet pretrain`)")
 
 
 CSV_COLUMNS = ("epoch", "lr", "train_loss", "train_acc", "val_loss", "val_top1", "val_top5", "seconds")
