@@ -32,3 +32,16 @@ def test_two_levels_ceil_sizes_and_cache():
     # Every anchor of ratio r has height / width == r.
     wh = anchors[:, 2:] - anchors[:, :2]
     torch.testing.assert_close(wh[:, 1] / wh[:, 0], torch.tensor([0.5, 1.0, 2.0]).repeat(len(anchors) // 3))
+
+
+def test_anchors_at_equal_the_grid_exactly():
+    """The export decodes only its candidates, with anchors computed from their indices:
+    bit-identical to the grid (so ONNX and eager boxes cannot drift apart)."""
+    gen = AnchorGenerator(sizes=(32.0, 64.0, 128.0), scales=(1.0, 2 ** (1 / 3)), ratios=(0.5, 1.0, 2.0), strides=(8, 16, 32))
+    for hw in ((96, 160), (160, 96), (32, 32)):
+        anchors, counts = gen(hw)
+        start = 0
+        for level, ((fh, fw), count) in enumerate(zip(gen.feature_sizes(hw), counts)):
+            index = torch.arange(count).reshape(2, -1) if count % 2 == 0 else torch.arange(count)  # any shape
+            assert torch.equal(gen.anchors_at(level, index, fw), anchors[start : start + count][index])
+            start += count

@@ -27,7 +27,6 @@ from retinanet.export import (
     PAD_LABEL,
     DetectionGraph,
     ExportConfig,
-    fold_head_bn,
     QuantizeConfig,
     export_onnx,
     letterbox_graph,
@@ -36,8 +35,9 @@ from retinanet.export import (
     quantize_int8,
     read_metadata,
 )
+from retinanet.heads import fold_head_bn
 from retinanet.model import build_model
-from retinanet.preprocess import letterbox
+from retinanet.preprocess import RECT_STRIDE, letterbox
 
 SIZE = 128
 CLASS_NAMES = ["cat", "dog", "bird"]
@@ -61,9 +61,8 @@ def build_test_model(seed: int = 0):
 
 def _build(seed: int):
     torch.manual_seed(seed)
+    # Rectangular letterbox (the default), in eager predict and in the exported graph alike.
     model = build_model(preset("default", num_classes=len(CLASS_NAMES), input_size=SIZE), CLASS_NAMES, CATEGORY_IDS)
-    # Exported graphs letterbox to the full square; compare eager on the same geometry.
-    model.cfg.rect = False
     with torch.no_grad():
         for m in model.head.modules():
             if isinstance(m, torch.nn.Conv2d):
@@ -128,31 +127,38 @@ def test_folded_head_equals_shared_head():
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in fold_head_bn(model.head, 5).modules())
 
 
-def test_letterbox_graph_matches_torch_letterbox(coco128, raccoon):
-    sess = ort.InferenceSession(letterbox_graph(SIZE).SerializeToString(), providers=["CPUExecutionProvider"])
+@pytest.mark.parametrize("rect", [False, True], ids=["square", "rect"])
+def test_letterbox_graph_matches_torch_letterbox(coco128, raccoon, rect):
+    sess = ort.InferenceSession(letterbox_graph(SIZE, rect=rect).SerializeToString(), providers=["CPUExecutionProvider"])
     images = [read_image(p) for p in real_images(coco128, raccoon)[:1] + real_images(coco128, raccoon)[-2:]]
     images.append(torch.randint(0, 256, (3, 7, 5), dtype=torch.uint8))  # tiny: upsampling, odd sides
     images.append(torch.randint(0, 256, (3, 600, 22), dtype=torch.uint8))  # narrow: 22 * 128 / 600 = 4.69 -> 5 columns
+    shapes = set()
     for img in images:
-        ref, scales, _ = letterbox([img], SIZE)
+        ref, scales, _ = letterbox([img], SIZE, RECT_STRIDE if rect else None)
         x, scale, limits = sess.run(None, {"images": img.permute(1, 2, 0).numpy()[None]})
         h, w = img.shape[-2:]
-        assert x.shape == (1, 3, SIZE, SIZE)
+        assert x.shape == ref.shape
+        shapes.add(x.shape[2:])
         np.testing.assert_allclose(x, ref.numpy(), atol=1e-5)  # 1/255 is 4e-3
         assert scale[0] == pytest.approx(float(scales[0]), rel=1e-6)
         assert limits.tolist() == [w, h, w, h]
+    # Square: always SIZE x SIZE; rectangular: 96 x 128 (4:3 photo), 128 x 32 (narrow), ...
+    assert shapes == {(SIZE, SIZE)} if not rect else len(shapes) > 2 and (SIZE, 32) in shapes
 
 
-def test_detection_graph_eager_matches_postprocess(coco128):
+@pytest.mark.parametrize("rect", [False, True], ids=["square", "rect"])
+def test_detection_graph_eager_matches_postprocess(coco128, rect):
     """The export's static-shape top-k + dense NMS pick gives postprocess()'s detections."""
     model = build_test_model()
     model.cfg.postprocess.score_thresh = 0.02  # more boxes to compare
     img = read_image(coco128 / "train2017" / "000000000009.jpg")  # 640 x 480
-    batch, scales, sizes = letterbox([img, img.flip(-1)], SIZE)
+    batch, scales, sizes = letterbox([img, img.flip(-1)], SIZE, RECT_STRIDE if rect else None)
+    assert batch.shape[2:] == ((96, SIZE) if rect else (SIZE, SIZE))
     post = model.cfg.postprocess
-    graph = DetectionGraph(model, SIZE, post).eval()
+    graph = DetectionGraph(model, SIZE, post, rect=rect).eval()
     with torch.no_grad():
-        ref = model.postprocess(model(batch), (SIZE, SIZE), scales, sizes)
+        ref = model.postprocess(model(batch), tuple(batch.shape[2:]), scales, sizes)
         limits = torch.tensor([640.0, 480.0, 640.0, 480.0])
         boxes, scores, labels, count = graph(
             batch, scales[:1], limits, torch.tensor([post.score_thresh]), torch.tensor([post.nms_iou])
@@ -172,11 +178,14 @@ def test_detection_graph_eager_matches_postprocess(coco128):
 
 def test_onnxruntime_matches_eager_on_real_images(exported, coco128, raccoon):
     ckpt, onnx_path = exported
-    eager, ort_det = Detector(model_from_checkpoint(ckpt)), Detector(onnx_path)
+    eager, ort_det = Detector(model_from_checkpoint(ckpt), conf=0.03), Detector(onnx_path, conf=0.03)
     assert ort_det.backend_name == "onnx" and eager.backend_name == "torch"
     files = real_images(coco128, raccoon)
+    # Plus a narrow strip (128 x 32 input: padded top-k levels) and a portrait crop.
+    photo = _hwc(files[0])
+    inputs = files + [photo[:, :40].copy(), photo[:, 100:300].copy()]
     total = 0
-    for a, b in zip(eager.predict(files), ort_det.predict(files)):
+    for a, b in zip(eager.predict(inputs), ort_det.predict(inputs)):
         assert len(a) == len(b), a.source
         fraction, worst = match_detections(a, b)
         assert fraction == 1.0, a.source
@@ -247,7 +256,30 @@ def test_max_detections_and_size_options(coco128):
         boxes, scores, _, count = graph(batch, scales, torch.tensor([640.0, 480, 640, 480]), torch.zeros(1), torch.tensor([0.5]))
     assert boxes.shape == (1, 7, 4) and int(count[0]) == 7
     assert (scores[0].diff() <= 0).all()  # best first
-    assert graph.anchors.shape[0] == 9 * (12 * 12 + 6 * 6 + 3 * 3 + 2 * 2 + 1)  # P3..P7 of 96 px
+    # Candidates per level: min(topk, anchors * classes) on P3..P7 of 96 px (12, 6, 3, 2, 1 cells a side).
+    assert graph.level_k == [1000, 6 * 6 * 27, 3 * 3 * 27, 2 * 2 * 27, 27] and graph.level_pad == [0] * 5
+
+
+def test_small_levels_are_padded_in_rectangular_graphs(coco128):
+    """A narrow image at 128 px runs at 128 x 32: P4..P6 have fewer (anchor, class) pairs
+    than the static top-k of the square, so padding fills them and never comes out."""
+    model = build_test_model()
+    post = model.cfg.postprocess
+    post.score_thresh = 0.0  # every real candidate is a detection
+    graph = DetectionGraph(model, SIZE, post, rect=True).eval()
+    assert graph.level_k == [1000, 1000, 16 * 27, 4 * 27, 27]
+    assert graph.level_pad == [0, 1000 - 16 * 27, 16 * 27 - 4 * 27, 4 * 27 - 2 * 27, 0]  # 128x32: 16x4, 8x2 ... cells
+    img = read_image(coco128 / "train2017" / "000000000009.jpg")[:, :, :40]  # 480 x 40 -> 128 x 11 -> 128 x 32
+    batch, scales, sizes = letterbox([img], SIZE, RECT_STRIDE)
+    assert batch.shape[2:] == (SIZE, 32)
+    limits = torch.tensor([40.0, 480, 40, 480])
+    with torch.no_grad():
+        ref = model.postprocess(model(batch), (SIZE, 32), scales, sizes)[0]
+        boxes, scores, labels, count = graph(batch, scales, limits, torch.zeros(1), torch.tensor([post.nms_iou]))
+    n = int(count[0])
+    assert n == len(ref) > 0 and (labels[0, :n] >= 0).all() and (scores[0, :n] > 0).all()
+    torch.testing.assert_close(scores[0, :n], ref.scores, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(boxes[0, :n], ref.boxes, rtol=1e-4, atol=1e-2)
 
 
 def test_int8_quantizes_only_the_network(exported, coco128, tmp_path):

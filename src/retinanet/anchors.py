@@ -40,6 +40,22 @@ class AnchorGenerator:
                 rows.append([-w / 2, -h / 2, w / 2, h / 2])
         return torch.tensor(rows, dtype=torch.float32)
 
+    def anchors_at(self, level: int, index: Tensor, width) -> Tensor:
+        """Anchors (..., 4) at flat per-level indices ``index`` (...,) = (y * W + x) * A + a on
+        a level ``width`` = W cells wide: the grid's own values (same float operations), for
+        the few candidates a detector keeps instead of the whole grid. ``width`` may be a
+        symbolic size (ONNX export with a rectangular input)."""
+        # Indices are never negative: truncating division (one ONNX Div) equals floor division,
+        # and x - (x / d) * d is x % d (torch.onnx cannot export % of a symbolic size).
+        cell = torch.div(index, self.num_anchors, rounding_mode="trunc")
+        a = index - cell * self.num_anchors
+        stride = self.strides[level]
+        row = torch.div(cell, width, rounding_mode="trunc")
+        col = cell - row * width
+        cx = (col.to(torch.float32) + 0.5) * stride
+        cy = (row.to(torch.float32) + 0.5) * stride
+        return torch.stack([cx, cy, cx, cy], dim=-1) + self.cell_anchors(level).to(index.device)[a]
+
     def feature_sizes(self, image_hw: tuple[int, int]) -> list[tuple[int, int]]:
         """Feature map size of each level. Every downsampling in the network is a stride-2
         conv with 'same' padding, so a map at stride s has ceil(H / s) rows."""

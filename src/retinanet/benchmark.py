@@ -182,7 +182,10 @@ def benchmark(
         raise ValueError("batch and repeats must be at least 1")
     torch.set_num_threads(cfg.threads)
     image, _ = test_image(image_path)
-    chw = torch.from_numpy(image).permute(2, 0, 1).contiguous()  # (H, W, 3) -> (3, H, W)
+    # As Detector.predict receives a decoded image: a (3, H, W) view of the (H, W, 3) array.
+    from .api import load_inputs
+
+    chw = load_inputs(image)[0][0]
     images = [chw] * cfg.batch
     rows = []
     build_peer = load_peer() if peer else None

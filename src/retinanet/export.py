@@ -3,9 +3,11 @@
 The exported graph, end to end:
 
     images uint8 (N, H, W, 3) RGB, any H and W (all images of one batch share them)
-      -> letterbox (hand-built ONNX: Resize with antialias, pad bottom/right)
+      -> letterbox (hand-built ONNX: Resize with antialias, pad bottom/right up to a
+         multiple of 32, rectangular like eager predict; or to the full square)
       -> network (backbone, FPN, head; each level's batch norm folded into its own conv copy)
-      -> per-level top-k of class logits, sigmoid, box decoding against constant anchors
+      -> per-level top-k of class logits, sigmoid, box decoding against anchors sliced
+         from constant full-size grids to each level's feature size
       -> class-aware NMS (ONNX NonMaxSuppression), best ``max_detections`` per image
       -> boxes divided by the letterbox scale and clipped to the image
     outputs: boxes (N, D, 4) float xyxy image pixels, scores (N, D), labels (N, D) int64
@@ -43,9 +45,8 @@ from torch import Tensor, nn
 from torchvision.ops import batched_nms
 
 from .boxes import BoxCoder
-from .heads import fold_head_bn
 from .config import PostprocessConfig
-from .preprocess import letterbox
+from .preprocess import RECT_STRIDE, letterbox
 
 EXPORT_FORMAT = "retinanet-mobilenet-onnx/1"
 OPSET = 18  # Resize's antialias attribute needs opset 18
@@ -63,7 +64,11 @@ class ExportConfig:
     """Options of `retinanet export`; None means the model's own value."""
 
     input_size: int | None = None
-    """Square side the graph letterboxes to (default: the model's input_size)."""
+    """Longest side the graph letterboxes to (default: the model's input_size)."""
+    rect: bool | None = None
+    """Pad the letterboxed image only up to a multiple of 32 (a 4:3 photo at 320 runs at
+    320 x 256, as eager predict does), instead of to the full square (default: the model's
+    ``rect``)."""
     score_thresh: float | None = None
     """Default of the graph's score_threshold input."""
     nms_iou: float | None = None
@@ -135,72 +140,88 @@ def _nms_to_onnx(boxes, scores, max_per_class: int, iou_threshold, score_thresho
     )
 
 
-# ----------------------------------------------------------------------------- BN folding
-
-
-def inference_head(model: nn.Module, fold_bn: bool = True) -> nn.Module:
-    """The model's head, with per-level batch norms folded when it has them."""
-    head = model.head
-    if fold_bn and getattr(head.cls_tower, "norm", None) == "bn":
-        return fold_head_bn(head, model.fpn.num_levels).eval()
-    return head
-
-
 # ----------------------------------------------------------------------------- torch part
 
 
-def level_topk(cls_logits: Tensor, level_counts: list[int], topk: int) -> tuple[Tensor, Tensor, Tensor]:
-    """The ``topk`` best (anchor, class) pairs of every level, with static shapes.
+def level_candidates(logits: Tensor, top_k: int, pad: int, num_classes: int) -> tuple[Tensor, Tensor, Tensor]:
+    """The ``top_k`` best (anchor, class) pairs of one level, with a static shape.
 
-    cls_logits (N, M, K) -> scores (N, C), anchor index (N, C), class (N, C), C = sum_l
-    min(topk, M_l * K). postprocess.select_candidates thresholds first and sorts only
-    crowded levels, which needs data-dependent shapes; taking the top-k first and leaving
-    the threshold to NMS's score_threshold keeps the same candidates (those above the
-    threshold among each level's best topk).
+    logits (N, P) with P = H*W*A*K pairs, index ((y * W + x) * A + a) * K + class ->
+    scores (N, top_k), anchor index within the level (N, top_k), class (N, top_k). With
+    ``pad`` the level may have fewer than top_k pairs (a small rectangular input): padding
+    logits go in first and come out as score -1 (never a detection) at anchor 0.
+
+    postprocess.select_candidates thresholds first and sorts only crowded levels, which
+    needs data-dependent shapes; taking the top-k first and leaving the threshold to NMS's
+    score_threshold keeps the same candidates (those above the threshold among each
+    level's best topk).
     """
-    n, _, k = cls_logits.shape
-    scores, anchor_idx, labels = [], [], []
-    start = 0
-    for count in level_counts:
-        logits = cls_logits[:, start : start + count].reshape(n, -1)  # (N, M_l*K)
-        top, flat = logits.topk(min(topk, count * k), dim=1)  # (N, k_l); sigmoid is monotonic
-        scores.append(torch.sigmoid(top))
-        anchor_idx.append(flat // k + start)
-        labels.append(flat % k)
-        start += count
-    return torch.cat(scores, 1), torch.cat(anchor_idx, 1), torch.cat(labels, 1)
+    pairs = logits.shape[1]
+    if pad:
+        # The lowest float rather than -inf: int8 calibration computes a range for every tensor.
+        logits = torch.cat([logits, logits.new_full((logits.shape[0], pad), torch.finfo(logits.dtype).min)], 1)
+    top, flat = logits.topk(top_k, dim=1)  # sigmoid is monotonic
+    scores = torch.sigmoid(top)
+    if pad:
+        real = flat < pairs
+        scores, flat = torch.where(real, scores, -1.0), torch.where(real, flat, 0)
+    anchor = torch.div(flat, num_classes, rounding_mode="trunc")  # flat >= 0: one ONNX Div
+    return scores, anchor, flat - anchor * num_classes
 
 
 class DetectionGraph(nn.Module):
     """Letterboxed image -> final detections, with fixed-size padded outputs.
 
-    forward(x (N, 3, S, S) float in [0, 1], scale (1,), limits (4,) = [W, H, W, H],
+    forward(x (N, 3, H, W) float in [0, 1], H and W at most ``input_size`` (multiples of
+    32 with ``rect``, else both ``input_size``), scale (1,), limits (4,) = [W, H, W, H],
     score_threshold (1,), iou_threshold (1,)) -> boxes (N, D, 4), scores (N, D),
     labels (N, D), num_detections (N,). The same code runs eagerly and is exported.
+
+    Only the candidates are decoded: each level's top-k pairs pick their deltas and their
+    anchors (computed from the index, AnchorGenerator.anchors_at), so no anchor grid and
+    no concatenation of the full class map is ever built, and nothing depends on the
+    input's size except through the feature maps' widths.
     """
 
-    def __init__(self, model: nn.Module, input_size: int, post: PostprocessConfig, fold_bn: bool = True):
+    def __init__(self, model: nn.Module, input_size: int, post: PostprocessConfig, fold_bn: bool = True, rect: bool = False):
         super().__init__()
-        self.backbone, self.fpn = model.backbone, model.fpn
-        self.head = inference_head(model, fold_bn)
+        if fold_bn:
+            model = copy.deepcopy(model).fuse(channels_last=False)
+        self.backbone, self.fpn, self.head = model.backbone, model.fpn, model.head
         self.num_classes = model.num_classes
         self.post = post
         self.box_coder = BoxCoder(model.box_coder.weights, model.box_coder.clamp)
-        anchors, counts = model.anchor_generator((input_size, input_size), device="cpu")
-        self.register_buffer("anchors", anchors.clone(), persistent=False)  # (M, 4)
-        self.level_counts = list(counts)
+        self.anchor_generator = gen = model.anchor_generator
+        # Static top-k sizes: a level keeps min(topk, pairs of the largest input); with a
+        # rectangular input the smallest one (RECT_STRIDE x input_size) may have fewer,
+        # and is padded up to that.
+        k = model.num_classes
+        largest = gen((input_size, input_size))[1]
+        smallest = gen((RECT_STRIDE, input_size))[1] if rect else largest
+        self.level_k = [min(post.topk, c * k) for c in largest]
+        self.level_pad = [max(0, top - c * k) for top, c in zip(self.level_k, smallest)]
         # Output rows D: max_detections, unless fewer candidates exist at all (tiny inputs).
-        self.rows = min(post.max_detections, sum(min(post.topk, c * model.num_classes) for c in counts))
+        self.rows = min(post.max_detections, sum(self.level_k))
         self.register_buffer("mean", model.mean.clone(), persistent=False)
         self.register_buffer("std", model.std.clone(), persistent=False)
 
     def forward(
         self, x: Tensor, scale: Tensor, limits: Tensor, score_threshold: Tensor, iou_threshold: Tensor
     ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        cls_logits, box_deltas = self.head(self.fpn(self.backbone((x - self.mean) / self.std)))
-        scores, anchor_idx, labels = level_topk(cls_logits, self.level_counts, self.post.topk)  # (N, C) each
-        deltas = torch.gather(box_deltas, 1, anchor_idx[..., None].expand(-1, -1, 4))  # (N, C, 4)
-        boxes = self.box_coder.decode(deltas, self.anchors[anchor_idx])  # (N, C, 4)
+        n = x.shape[0]
+        feats = self.fpn(self.backbone((x - self.mean) / self.std))
+        level_scores, level_labels, level_deltas, level_anchors = [], [], [], []
+        for level, (f, (cls_map, box_map)) in enumerate(zip(feats, self.head.level_maps(feats))):
+            # (N, A*K, H, W) -> (N, H, W, A*K) -> (N, H*W*A*K); (N, A*4, H, W) -> (N, H*W*A, 4)
+            logits = cls_map.permute(0, 2, 3, 1).reshape(n, -1)
+            scores, anchor, labels = level_candidates(logits, self.level_k[level], self.level_pad[level], self.num_classes)
+            deltas = box_map.permute(0, 2, 3, 1).reshape(n, -1, 4)
+            level_deltas.append(torch.gather(deltas, 1, anchor[..., None].expand(-1, -1, 4)))  # (N, k_l, 4)
+            level_anchors.append(self.anchor_generator.anchors_at(level, anchor, f.shape[3]))  # (N, k_l, 4)
+            level_scores.append(scores)
+            level_labels.append(labels)
+        scores, labels = torch.cat(level_scores, 1), torch.cat(level_labels, 1)  # (N, C)
+        boxes = self.box_coder.decode(torch.cat(level_deltas, 1), torch.cat(level_anchors, 1))  # (N, C, 4)
 
         # Class-aware NMS with ONNX's class axis: candidate c of class k scores only in row k.
         # (N, C) -> one-hot (N, C, K) -> (N, K, C)
@@ -224,12 +245,13 @@ class DetectionGraph(nn.Module):
 # ----------------------------------------------------------------------------- ONNX letterbox
 
 
-def letterbox_graph(size: int, opset: int = OPSET, ir_version: int | None = None) -> onnx.ModelProto:
-    """images uint8 (N, H, W, 3) -> x (N, 3, size, size) float in [0, 1], scale (1,), limits (4,).
+def letterbox_graph(size: int, opset: int = OPSET, ir_version: int | None = None, rect: bool = False) -> onnx.ModelProto:
+    """images uint8 (N, H, W, 3) -> x (N, 3, S_h, S_w) float in [0, 1], scale (1,), limits (4,).
 
     Mirrors preprocess.letterbox: scale = size / max(H, W), resize to round(H * scale) x
     round(W * scale) (antialiased bilinear, half-pixel centres, edge weights renormalised
-    as torch does), pad bottom/right with zeros.
+    as torch does), pad bottom/right with zeros: to size x size, or with ``rect`` only up
+    to the next multiple of RECT_STRIDE.
     """
     f = TensorProto.FLOAT
     i64 = TensorProto.INT64
@@ -283,8 +305,23 @@ def letterbox_graph(size: int, opset: int = OPSET, ir_version: int | None = None
             coordinate_transformation_mode="half_pixel",
         ),
         oh.make_node("Clip", ["resized", "c_zero_f", "c_one"], ["clipped"]),
-        oh.make_node("Sub", ["c_size_i", "h_new"], ["pad_h"]),
-        oh.make_node("Sub", ["c_size_i", "w_new"], ["pad_w"]),
+    ]
+    if rect:  # padded side = ceil(new / stride) * stride, never above size (a multiple of stride)
+        nodes += [
+            const("c_stride", RECT_STRIDE, i64),
+            const("c_stride_m1", RECT_STRIDE - 1, i64),
+        ]
+        for side in ("h", "w"):
+            nodes += [
+                oh.make_node("Add", [f"{side}_new", "c_stride_m1"], [f"{side}_up"]),
+                oh.make_node("Div", [f"{side}_up", "c_stride"], [f"{side}_cells"]),
+                oh.make_node("Mul", [f"{side}_cells", "c_stride"], [f"{side}_out"]),
+            ]
+    else:
+        nodes += [oh.make_node("Identity", ["c_size_i"], [f"{side}_out"]) for side in ("h", "w")]
+    nodes += [
+        oh.make_node("Sub", ["h_out", "h_new"], ["pad_h"]),
+        oh.make_node("Sub", ["w_out", "w_new"], ["pad_w"]),
         const("c_pad_head", [0, 0, 0, 0, 0, 0], i64),
         oh.make_node("Concat", ["c_pad_head", "pad_h", "pad_w"], ["pads"], axis=0),  # begins then ends
         oh.make_node("Pad", ["clipped", "pads", "c_zero_f"], ["x"], mode="constant"),
@@ -295,7 +332,7 @@ def letterbox_graph(size: int, opset: int = OPSET, ir_version: int | None = None
         "letterbox",
         [oh.make_tensor_value_info(INPUT_NAME, TensorProto.UINT8, ["batch", "height", "width", 3])],
         [
-            oh.make_tensor_value_info("x", f, ["batch", 3, size, size]),
+            oh.make_tensor_value_info("x", f, ["batch", 3, "padded_height", "padded_width"] if rect else ["batch", 3, size, size]),
             oh.make_tensor_value_info("scale", f, [1]),
             oh.make_tensor_value_info("limits", f, [4]),
         ],
@@ -336,7 +373,9 @@ def export_onnx(model: nn.Module, path: str | Path, cfg: ExportConfig | None = N
         raise ValueError(f"opset {cfg.opset} is too old: antialiased Resize needs opset {OPSET} or newer")
     post = _resolve_post(model, cfg)
     model = copy.deepcopy(model).eval().cpu()  # the caller's model keeps its device and mode
-    graph = DetectionGraph(model, size, post, cfg.fold_bn).eval()
+    # A graph of size 32 has only one rectangular shape: the square.
+    rect = (model.cfg.rect if cfg.rect is None else cfg.rect) and size > RECT_STRIDE
+    graph = DetectionGraph(model, size, post, cfg.fold_bn, rect=rect).eval()
     example = (
         torch.rand(2, 3, size, size),
         torch.ones(1),
@@ -345,6 +384,10 @@ def export_onnx(model: nn.Module, path: str | Path, cfg: ExportConfig | None = N
         torch.tensor([post.nms_iou]),
     )
     batch = torch.export.Dim("batch", min=1, max=1024)
+    x_dims: dict = {0: batch}
+    if rect:
+        cells = size // RECT_STRIDE
+        x_dims.update({2: RECT_STRIDE * torch.export.Dim("h_cells", min=1, max=cells), 3: RECT_STRIDE * torch.export.Dim("w_cells", min=1, max=cells)})
     with torch.no_grad(), tempfile.TemporaryDirectory() as tmp, _quiet_logger("onnx_ir"):
         program = torch.onnx.export(
             graph,
@@ -352,7 +395,7 @@ def export_onnx(model: nn.Module, path: str | Path, cfg: ExportConfig | None = N
             dynamo=True,
             input_names=["x", "scale", "limits", SCORE_INPUT, IOU_INPUT],
             output_names=list(OUTPUT_NAMES),
-            dynamic_shapes=({0: batch}, None, None, None, None),
+            dynamic_shapes=(x_dims, None, None, None, None),
             opset_version=cfg.opset,
             custom_translation_table={torch.ops.retinanet.nms.default: _nms_to_onnx},
             optimize=True,
@@ -361,7 +404,7 @@ def export_onnx(model: nn.Module, path: str | Path, cfg: ExportConfig | None = N
         net_path = Path(tmp) / "net.onnx"
         program.save(str(net_path), external_data=False)
         net = onnx.load(str(net_path))
-    pre = letterbox_graph(size, opset=_main_opset(net), ir_version=net.ir_version)
+    pre = letterbox_graph(size, opset=_main_opset(net), ir_version=net.ir_version, rect=rect)
     merged = onnx.compose.merge_models(pre, net, io_map=[("x", "x"), ("scale", "scale"), ("limits", "limits")])
     _dedupe_opsets(merged)
     _strip_node_metadata(merged)
@@ -372,6 +415,7 @@ def export_onnx(model: nn.Module, path: str | Path, cfg: ExportConfig | None = N
         "class_names": json.dumps(list(model.class_names)),
         "category_ids": json.dumps([int(c) for c in model.category_ids]),
         "input_size": str(size),
+        "rect": str(rect).lower(),
         "input_format": "uint8 (N, H, W, 3) RGB",
         "score_thresh": str(post.score_thresh),
         "nms_iou": str(post.nms_iou),
@@ -506,7 +550,9 @@ def network_nodes(model: onnx.ModelProto, op_types: Iterable[str], fp32_predicto
         if node.op_type not in wanted or node.name.startswith(LETTERBOX_PREFIX):
             continue
         scopes = _scopes(node)
-        if len(scopes) < 2 or scopes[1] not in NETWORK_SCOPES:
+        # scopes[1] is "head" when the head runs as a module, "head.cls_tower" etc. when
+        # DetectionGraph calls its level_maps method: the root module is what counts.
+        if len(scopes) < 2 or scopes[1].split(".")[0] not in NETWORK_SCOPES:
             continue
         if fp32_predictors and any(sc.startswith(PREDICTOR_SCOPES) for sc in scopes):
             continue
@@ -728,7 +774,6 @@ __all__: Iterable[str] = [
     "PAD_LABEL",
     "DetectionGraph",
     "ExportConfig",
-    "fold_head_bn",
     "QuantizeConfig",
     "export_onnx",
     "letterbox_graph",

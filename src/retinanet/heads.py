@@ -91,12 +91,17 @@ class RetinaHead(nn.Module):
         cls_bias = self.cls_pred[-1].bias if lite else self.cls_pred.bias
         nn.init.constant_(cls_bias, -math.log((1 - prior_prob) / prior_prob))
 
+    def level_maps(self, feats: list[Tensor]) -> list[tuple[Tensor, Tensor]]:
+        """Per level: cls logits (N, A*K, H, W) and box deltas (N, A*4, H, W)."""
+        return [
+            (self.cls_pred(self.cls_tower(f, level)), self.box_pred(self.box_tower(f, level)))
+            for level, f in enumerate(feats)
+        ]
+
     def forward(self, feats: list[Tensor]) -> tuple[Tensor, Tensor]:
         n = feats[0].shape[0]
         cls_out, box_out = [], []
-        for level, f in enumerate(feats):
-            c = self.cls_pred(self.cls_tower(f, level))  # (N, A*K, H, W)
-            b = self.box_pred(self.box_tower(f, level))  # (N, A*4, H, W)
+        for c, b in self.level_maps(feats):
             # (N, A*K, H, W) -> (N, H, W, A*K) -> (N, H*W*A, K)
             cls_out.append(c.permute(0, 2, 3, 1).reshape(n, -1, self.num_classes))
             box_out.append(b.permute(0, 2, 3, 1).reshape(n, -1, 4))

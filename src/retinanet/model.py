@@ -17,12 +17,7 @@ from .fpn import FPN
 from .heads import RetinaHead, fold_head_bn
 from .losses import DetectionLoss
 from .postprocess import Detections, postprocess
-from .preprocess import IMAGENET_MEAN, IMAGENET_STD, letterbox
-
-
-# Rectangular inference pads each side to a multiple of this (the peer, torchvision's
-# detection transform, pads to 32 as well); any size works, as anchors follow the input.
-RECT_STRIDE = 32
+from .preprocess import IMAGENET_MEAN, IMAGENET_STD, RECT_STRIDE, letterbox, padded_size
 
 
 class RetinaNet(nn.Module):
@@ -87,17 +82,19 @@ class RetinaNet(nn.Module):
                 p.requires_grad_(not frozen and i >= self.cfg.backbone.freeze_stages)
         self.train(self.training)
 
-    def fuse(self) -> RetinaNet:
+    def fuse(self, channels_last: bool = True) -> RetinaNet:
         """Inference only, in place: fold every batch norm into the conv before it (the head's
         per-level BNs into per-level conv copies). Same outputs, fewer passes over the
-        activations; the model can no longer be trained."""
+        activations; the model can no longer be trained. ``channels_last`` also converts the
+        weights to the memory format PyTorch's CPU convs run fastest in (eager inference)."""
         if not getattr(self, "fused", False):
             self.eval()
             fold_bn(self.backbone)
             fold_bn(self.fpn)
             if self.cfg.head.norm == "bn":
                 self.head = fold_head_bn(self.head, self.fpn.num_levels)
-            self.to(memory_format=torch.channels_last)
+            if channels_last:
+                self.to(memory_format=torch.channels_last)
         self.fused = True
         return self.eval()
 
@@ -140,14 +137,26 @@ class RetinaNet(nn.Module):
     @torch.no_grad()
     def predict(self, images: list[Tensor] | Tensor) -> list[Detections]:
         """images: (3, H, W) uint8 / [0, 1] float tensors of any sizes, or a batch of them.
-        Returns one Detections per image, boxes in that image's pixels."""
+        Returns one Detections per image, boxes in that image's pixels.
+
+        With ``cfg.rect`` images run in groups of one padded input size, so an image's
+        detections never depend on the other images of the call (padding it to a larger
+        neighbour's size would change them), as in the exported graph."""
         if isinstance(images, Tensor) and images.ndim == 3:
             images = [images]
+        images = list(images)
+        size, stride = self.cfg.input_size, RECT_STRIDE if self.cfg.rect else None
+        groups: dict[tuple[int, int], list[int]] = {}
+        for i, img in enumerate(images):
+            groups.setdefault(padded_size(*img.shape[-2:], size, stride), []).append(i)
         was_training = self.training
         self.eval()
-        batch, scales, sizes = letterbox(list(images), self.cfg.input_size, RECT_STRIDE if self.cfg.rect else None)
-        batch = batch.to(self.mean.device)
-        out = self.postprocess(self(batch), batch.shape[-2:], scales, sizes)
+        out: list[Detections] = [None] * len(images)  # type: ignore[list-item]
+        for idx in groups.values():
+            batch, scales, sizes = letterbox([images[i] for i in idx], size, stride)
+            batch = batch.to(self.mean.device)
+            for i, det in zip(idx, self.postprocess(self(batch), batch.shape[-2:], scales, sizes)):
+                out[i] = det
         self.train(was_training)
         return out
 

@@ -1,4 +1,5 @@
-"""Letterbox: resize so the longer side equals the input size, pad bottom/right to a square.
+"""Letterbox: resize so the longer side equals the input size, pad bottom/right to a square
+(or, rectangular, only up to a multiple of RECT_STRIDE).
 
 Padding only at the bottom and right keeps the mapping back to the original image a
 single division by the scale.
@@ -14,10 +15,24 @@ from torch import Tensor
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
+# Rectangular inference pads each side to a multiple of this (the peer, torchvision's
+# detection transform, pads to 32 as well): the stride of C5, so every level's map of a
+# padded image is an exact fraction of it.
+RECT_STRIDE = 32
+
 
 def letterbox_size(h: int, w: int, size: int) -> tuple[int, int, float]:
     scale = size / max(h, w)
     return max(1, round(h * scale)), max(1, round(w * scale)), scale
+
+
+def padded_size(h: int, w: int, size: int, stride: int | None = None) -> tuple[int, int]:
+    """Input size one (H, W) image letterboxes to: size x size, or with ``stride`` each
+    resized side rounded up to a multiple of it (never above size)."""
+    if not stride:
+        return size, size
+    nh, nw, _ = letterbox_size(h, w, size)
+    return min(size, -(-nh // stride) * stride), min(size, -(-nw // stride) * stride)
 
 
 def letterbox(images: list[Tensor], size: int, stride: int | None = None) -> tuple[Tensor, Tensor, Tensor]:
@@ -40,7 +55,7 @@ def letterbox(images: list[Tensor], size: int, stride: int | None = None) -> tup
         scales.append(scale)
         sizes.append((h, w))
     out_h = out_w = size
-    if stride:
+    if stride:  # the largest image's padded size (callers group images of one size)
         out_h = min(size, -(-max(x.shape[1] for x in resized) // stride) * stride)
         out_w = min(size, -(-max(x.shape[2] for x in resized) // stride) * stride)
     batch = torch.zeros(len(images), 3, out_h, out_w)
