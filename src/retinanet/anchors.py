@@ -14,6 +14,20 @@ import torch
 from torch import Tensor
 
 
+@torch.library.custom_op("retinanet::index_div", mutates_args=())
+def index_div(index: Tensor, divisor: int) -> Tensor:
+    """index // divisor for non-negative int64 indices: there floor and truncating division
+    agree, so ONNX export lowers this to one integer Div (export.py), where torch.onnx's
+    generic floor division emits a dozen sign-correcting nodes (and ``%`` of a symbolic
+    size does not export at all)."""
+    return torch.div(index, divisor, rounding_mode="floor")
+
+
+@index_div.register_fake
+def _(index, divisor):
+    return torch.empty_like(index)
+
+
 class AnchorGenerator:
     def __init__(
         self,
@@ -45,12 +59,10 @@ class AnchorGenerator:
         a level ``width`` = W cells wide: the grid's own values (same float operations), for
         the few candidates a detector keeps instead of the whole grid. ``width`` may be a
         symbolic size (ONNX export with a rectangular input)."""
-        # Indices are never negative: truncating division (one ONNX Div) equals floor division,
-        # and x - (x / d) * d is x % d (torch.onnx cannot export % of a symbolic size).
-        cell = torch.div(index, self.num_anchors, rounding_mode="trunc")
+        cell = index_div(index, self.num_anchors)
         a = index - cell * self.num_anchors
         stride = self.strides[level]
-        row = torch.div(cell, width, rounding_mode="trunc")
+        row = index_div(cell, width)
         col = cell - row * width
         cx = (col.to(torch.float32) + 0.5) * stride
         cy = (row.to(torch.float32) + 0.5) * stride

@@ -57,13 +57,17 @@ class BenchConfig:
 # 2 cores take the next runtime's cores; ONNX Runtime measured 22 ms right after a PyTorch
 # call, 12 ms in steady use). The samples are steady-state latencies, as in a stream.
 BLOCK = 4
+# Idle seconds before each block: the previous runtime's idle threads (PyTorch's OpenMP
+# threads, ONNX Runtime's spinning pool) stop spinning and leave the cores to the next.
+PAUSE = 0.1
 
 
 def time_interleaved(
-    fns: dict[str, Callable[[], object]], repeats: int, warmup: int, block: int = BLOCK
+    fns: dict[str, Callable[[], object]], repeats: int, warmup: int, block: int = BLOCK, pause: float = PAUSE
 ) -> dict[str, list[float]]:
     """Seconds per call of each function: ``repeats`` rounds, each running every function
-    ``block`` times back to back and keeping all but the first of those calls."""
+    ``block`` times back to back (after ``pause`` idle seconds) and keeping all but the
+    first of those calls."""
     if block < 2:
         raise ValueError(f"block must be at least 2 (its first call is discarded), got {block}")
     for name, fn in fns.items():
@@ -72,6 +76,7 @@ def time_interleaved(
     times: dict[str, list[float]] = {name: [] for name in fns}
     for _ in tqdm(range(repeats), desc="timing", unit="round", file=sys.stderr):
         for name, fn in fns.items():
+            time.sleep(pause)
             for k in range(block):
                 t = time.perf_counter()
                 fn()

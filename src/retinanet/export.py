@@ -44,6 +44,7 @@ from onnx import helper as oh
 from torch import Tensor, nn
 from torchvision.ops import batched_nms
 
+from .anchors import index_div
 from .boxes import BoxCoder
 from .config import PostprocessConfig
 from .preprocess import RECT_STRIDE, letterbox
@@ -140,16 +141,24 @@ def _nms_to_onnx(boxes, scores, max_per_class: int, iou_threshold, score_thresho
     )
 
 
+def _index_div_to_onnx(index, divisor):
+    from onnxscript import opset18 as op
+
+    if isinstance(divisor, int):
+        divisor = op.Constant(value_int=divisor)
+    return op.Div(index, op.CastLike(divisor, index))
+
+
 # ----------------------------------------------------------------------------- torch part
 
 
-def level_candidates(logits: Tensor, top_k: int, pad: int, num_classes: int) -> tuple[Tensor, Tensor, Tensor]:
-    """The ``top_k`` best (anchor, class) pairs of one level, with a static shape.
+def level_candidates(logits: Tensor, top_k: int, pad: int, row: int) -> tuple[Tensor, Tensor, Tensor]:
+    """The ``top_k`` best pairs of one level, with a static shape.
 
-    logits (N, P) with P = H*W*A*K pairs, index ((y * W + x) * A + a) * K + class ->
-    scores (N, top_k), anchor index within the level (N, top_k), class (N, top_k). With
-    ``pad`` the level may have fewer than top_k pairs (a small rectangular input): padding
-    logits go in first and come out as score -1 (never a detection) at anchor 0.
+    logits (N, P), pair index i * row + j (here anchor * K + class) -> scores (N, top_k),
+    i (N, top_k), j (N, top_k).
+    With ``pad`` the level may have fewer than top_k pairs (a small rectangular input):
+    padding logits go in first and come out as score -1 (never a detection) at index 0.
 
     postprocess.select_candidates thresholds first and sorts only crowded levels, which
     needs data-dependent shapes; taking the top-k first and leaving the threshold to NMS's
@@ -165,8 +174,17 @@ def level_candidates(logits: Tensor, top_k: int, pad: int, num_classes: int) -> 
     if pad:
         real = flat < pairs
         scores, flat = torch.where(real, scores, -1.0), torch.where(real, flat, 0)
-    anchor = torch.div(flat, num_classes, rounding_mode="trunc")  # flat >= 0: one ONNX Div
-    return scores, anchor, flat - anchor * num_classes
+    i = index_div(flat, row)
+    return scores, i, flat - i * row
+
+
+def _stem_conv(backbone: nn.Module) -> nn.Conv2d | None:
+    """The backbone's first conv, when it is a plain conv over the 3 image channels."""
+    stages = getattr(backbone, "stages", None)
+    first = next((m for m in stages[0].modules() if isinstance(m, nn.Conv2d)), None) if stages else None
+    if first is None or first.in_channels != 3 or first.groups != 1 or first.padding_mode != "zeros":
+        return None
+    return first
 
 
 class DetectionGraph(nn.Module):
@@ -185,8 +203,9 @@ class DetectionGraph(nn.Module):
 
     def __init__(self, model: nn.Module, input_size: int, post: PostprocessConfig, fold_bn: bool = True, rect: bool = False):
         super().__init__()
+        model = copy.deepcopy(model).eval()  # the caller's model keeps its weights
         if fold_bn:
-            model = copy.deepcopy(model).fuse(channels_last=False)
+            model.fuse(channels_last=False)
         self.backbone, self.fpn, self.head = model.backbone, model.fpn, model.head
         self.num_classes = model.num_classes
         self.post = post
@@ -203,19 +222,29 @@ class DetectionGraph(nn.Module):
         # Output rows D: max_detections, unless fewer candidates exist at all (tiny inputs).
         self.rows = min(post.max_detections, sum(self.level_k))
         self.register_buffer("mean", model.mean.clone(), persistent=False)
+        # The division by std folded into the stem conv: conv(W, (x - m) / s) = conv(W / s,
+        # x - m) exactly, as the conv's zero padding stays zero. One pass over the image
+        # fewer (ONNX Runtime's int8 graph runs it channels-last, at 0.3 ms).
+        self.std_folded = False
+        stem = _stem_conv(self.backbone)
+        if fold_bn and stem is not None:
+            with torch.no_grad():
+                stem.weight.div_(model.std.reshape(1, -1, 1, 1))
+            self.std_folded = True
         self.register_buffer("std", model.std.clone(), persistent=False)
 
     def forward(
         self, x: Tensor, scale: Tensor, limits: Tensor, score_threshold: Tensor, iou_threshold: Tensor
     ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         n = x.shape[0]
-        feats = self.fpn(self.backbone((x - self.mean) / self.std))
+        x = x - self.mean
+        feats = self.fpn(self.backbone(x if self.std_folded else x / self.std))
         level_scores, level_labels, level_deltas, level_anchors = [], [], [], []
         for level, (f, (cls_map, box_map)) in enumerate(zip(feats, self.head.level_maps(feats))):
-            # (N, A*K, H, W) -> (N, H, W, A*K) -> (N, H*W*A*K); (N, A*4, H, W) -> (N, H*W*A, 4)
+            # (N, A*K, H, W) -> (N, H, W, A*K) -> (N, H*W*A*K): pair index anchor * K + class
             logits = cls_map.permute(0, 2, 3, 1).reshape(n, -1)
             scores, anchor, labels = level_candidates(logits, self.level_k[level], self.level_pad[level], self.num_classes)
-            deltas = box_map.permute(0, 2, 3, 1).reshape(n, -1, 4)
+            deltas = box_map.permute(0, 2, 3, 1).reshape(n, -1, 4)  # (N, A*4, H, W) -> (N, H*W*A, 4)
             level_deltas.append(torch.gather(deltas, 1, anchor[..., None].expand(-1, -1, 4)))  # (N, k_l, 4)
             level_anchors.append(self.anchor_generator.anchors_at(level, anchor, f.shape[3]))  # (N, k_l, 4)
             level_scores.append(scores)
@@ -223,11 +252,14 @@ class DetectionGraph(nn.Module):
         scores, labels = torch.cat(level_scores, 1), torch.cat(level_labels, 1)  # (N, C)
         boxes = self.box_coder.decode(torch.cat(level_deltas, 1), torch.cat(level_anchors, 1))  # (N, C, 4)
 
-        # Class-aware NMS with ONNX's class axis: candidate c of class k scores only in row k.
-        # (N, C) -> one-hot (N, C, K) -> (N, K, C)
-        per_class = (nn.functional.one_hot(labels, self.num_classes) * scores[..., None]).permute(0, 2, 1)
+        # Class-aware NMS as a one-class NMS: each class's boxes shifted by label * (extent +
+        # 1) so classes never overlap (torchvision's batched_nms coordinate trick). An
+        # (N, K, C) score tensor for ONNX's class axis would be 80x larger, and its NMS scans
+        # every class's row.
+        lo, hi = boxes.amin(dim=(1, 2), keepdim=True), boxes.amax(dim=(1, 2), keepdim=True)  # (N, 1, 1)
+        shifted = boxes + labels[..., None].to(boxes.dtype) * (hi - lo + 1)
         d = self.rows
-        selected = onnx_nms(boxes, per_class, d, iou_threshold, score_threshold)  # (S, 3) [image, class, box]
+        selected = onnx_nms(shifted, scores[:, None, :], d, iou_threshold, score_threshold)  # (S, 3) [image, 0, box]
 
         # Best d survivors per image, without trusting the NMS output order: mark the
         # survivors in a dense (N, C) score map (others -1) and take its top d.
@@ -291,19 +323,20 @@ def letterbox_graph(size: int, opset: int = OPSET, ir_version: int | None = None
         oh.make_node("Max", ["w_rr", "c_one"], ["w_new_f"]),
         oh.make_node("Cast", ["w_new_f"], ["w_new"], to=i64),
         oh.make_node("Concat", ["n", "c_three", "h_new", "w_new"], ["sizes"], axis=0),
-        # (N, H, W, 3) uint8 -> (N, 3, H, W) float in [0, 1]
+        # (N, H, W, 3) uint8 -> (N, 3, H, W) float; resized, then scaled to [0, 1] (resizing
+        # is linear, so dividing after it is the same up to rounding, on fewer pixels)
         oh.make_node("Cast", [INPUT_NAME], ["img_f"], to=f),
         oh.make_node("Transpose", ["img_f"], ["img_nchw"], perm=[0, 3, 1, 2]),
-        oh.make_node("Div", ["img_nchw", "c_255"], ["img_01"]),
         oh.make_node(
             "Resize",
-            ["img_01", "", "", "sizes"],
-            ["resized"],
+            ["img_nchw", "", "", "sizes"],
+            ["resized_255"],
             mode="linear",
             antialias=1,
             exclude_outside=1,
             coordinate_transformation_mode="half_pixel",
         ),
+        oh.make_node("Div", ["resized_255", "c_255"], ["resized"]),
         oh.make_node("Clip", ["resized", "c_zero_f", "c_one"], ["clipped"]),
     ]
     if rect:  # padded side = ceil(new / stride) * stride, never above size (a multiple of stride)
@@ -397,7 +430,10 @@ def export_onnx(model: nn.Module, path: str | Path, cfg: ExportConfig | None = N
             output_names=list(OUTPUT_NAMES),
             dynamic_shapes=(x_dims, None, None, None, None),
             opset_version=cfg.opset,
-            custom_translation_table={torch.ops.retinanet.nms.default: _nms_to_onnx},
+            custom_translation_table={
+                torch.ops.retinanet.nms.default: _nms_to_onnx,
+                torch.ops.retinanet.index_div.default: _index_div_to_onnx,
+            },
             optimize=True,
             verbose=False,
         )
