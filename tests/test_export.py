@@ -49,7 +49,12 @@ RACCOON_IMAGES = ["raccoon-1.jpg", "raccoon-23.jpg", "raccoon-150.jpg"]
 _BUILT: dict[int, torch.nn.Module] = {}
 
 
-def build_test_model(seed: int = 0):
+# A seed whose perturbed head spreads scores across the thresholds the tests use (on
+# 000000000034.jpg: 182 above 0.03, 93 above 0.05, 38 above 0.1).
+MODEL_SEED = 4
+
+
+def build_test_model(seed: int = MODEL_SEED):
     """An untrained default-preset model whose head is perturbed: scores spread over
     (0, 1) and every level's batch norm has its own statistics, so top-k, NMS and the
     BN folding all have something to get wrong. Built once (ImageNet weights load from
@@ -120,7 +125,7 @@ def test_folded_head_equals_shared_head():
     with torch.no_grad():
         ref_cls, ref_box = model.head(feats)
         cls, box = fold_head_bn(model.head, 5).eval()(feats)
-    assert cls.shape == ref_cls.shape == (2, (256 + 64 + 16 + 4 + 1) * 9, 3)
+    assert cls.shape == ref_cls.shape == (2, (256 + 64 + 16 + 4 + 1) * model.anchor_generator.num_anchors, 3)
     torch.testing.assert_close(cls, ref_cls, rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(box, ref_box, rtol=1e-4, atol=1e-4)
     # Folding really happened: the towers have no batch norm left, one conv copy per level.
@@ -167,10 +172,25 @@ def test_detection_graph_eager_matches_postprocess(coco128, rect):
     for i in range(2):
         n = int(count[i])
         assert n == len(ref[i]) > 20
-        torch.testing.assert_close(scores[i, :n], ref[i].scores, rtol=1e-4, atol=1e-5)
-        torch.testing.assert_close(boxes[i, :n], ref[i].boxes, rtol=1e-4, atol=1e-2)
-        assert torch.equal(labels[i, :n], ref[i].labels)
+        assert_same_detections(boxes[i, :n], scores[i, :n], labels[i, :n], ref[i])
         assert (labels[i, n:] == PAD_LABEL).all() and (scores[i, n:] == 0).all()
+
+
+class _Dets:
+    def __init__(self, boxes, scores, labels):
+        self.boxes, self.scores, self.labels = (t.numpy() if isinstance(t, torch.Tensor) else np.asarray(t) for t in (boxes, scores, labels))
+
+    def __len__(self) -> int:
+        return len(self.boxes)
+
+
+def assert_same_detections(boxes, scores, labels, ref) -> None:
+    """The same detections in any order: tied scores (untrained heads tie on padding) may
+    come out in either order."""
+    a, b = _Dets(ref.boxes, ref.scores, ref.labels), _Dets(boxes, scores, labels)
+    np.testing.assert_allclose(np.sort(b.scores), np.sort(a.scores), rtol=1e-4, atol=1e-5)
+    fraction, worst = match_detections(a, b)
+    assert fraction == 1.0 and worst < 0.05  # original pixels, 640 / 128 times the input's
 
 
 # ----------------------------------------------------------------------------- exported graph
@@ -178,7 +198,7 @@ def test_detection_graph_eager_matches_postprocess(coco128, rect):
 
 def test_onnxruntime_matches_eager_on_real_images(exported, coco128, raccoon):
     ckpt, onnx_path = exported
-    eager, ort_det = Detector(model_from_checkpoint(ckpt), conf=0.03), Detector(onnx_path, conf=0.03)
+    eager, ort_det = Detector(model_from_checkpoint(ckpt), conf=0.01), Detector(onnx_path, conf=0.01)
     assert ort_det.backend_name == "onnx" and eager.backend_name == "torch"
     files = real_images(coco128, raccoon)
     # Plus a narrow strip (128 x 32 input: padded top-k levels) and a portrait crop.
@@ -201,10 +221,11 @@ def test_dynamic_batch_equals_single_images(exported, coco128):
     sess = _session(onnx_path)
     frames = [_hwc(coco128 / "train2017" / "000000000009.jpg")]  # 480 x 640
     frames += [frames[0][:, ::-1].copy(), frames[0][::-1].copy()]  # same size, different content
-    batched = sess.run(None, {"images": np.stack(frames)})
+    low = {"score_threshold": np.array([0.01], np.float32)}  # the untrained model scores low
+    batched = sess.run(None, {"images": np.stack(frames), **low})
     assert batched[0].shape == (3, 100, 4) and batched[3].shape == (3,)
     for i, frame in enumerate(frames):
-        single = sess.run(None, {"images": frame[None]})
+        single = sess.run(None, {"images": frame[None], **low})
         n = int(single[3][0])
         assert n == int(batched[3][i]) > 0
         np.testing.assert_allclose(batched[0][i, :n], single[0][0, :n], atol=1e-3)
@@ -257,7 +278,8 @@ def test_max_detections_and_size_options(coco128):
     assert boxes.shape == (1, 7, 4) and int(count[0]) == 7
     assert (scores[0].diff() <= 0).all()  # best first
     # Candidates per level: min(topk, anchors * classes) on P3..P7 of 96 px (12, 6, 3, 2, 1 cells a side).
-    assert graph.level_k == [1000, 6 * 6 * 27, 3 * 3 * 27, 2 * 2 * 27, 27] and graph.level_pad == [0] * 5
+    cell = model.anchor_generator.num_anchors * len(CLASS_NAMES)  # (anchor, class) pairs per cell
+    assert graph.level_k == [1000, 6 * 6 * cell, 3 * 3 * cell, 2 * 2 * cell, cell] and graph.level_pad == [0] * 5
 
 
 def test_small_levels_are_padded_in_rectangular_graphs(coco128):
@@ -267,8 +289,11 @@ def test_small_levels_are_padded_in_rectangular_graphs(coco128):
     post = model.cfg.postprocess
     post.score_thresh = 0.0  # every real candidate is a detection
     graph = DetectionGraph(model, SIZE, post, rect=True).eval()
-    assert graph.level_k == [1000, 1000, 16 * 27, 4 * 27, 27]
-    assert graph.level_pad == [0, 1000 - 16 * 27, 16 * 27 - 4 * 27, 4 * 27 - 2 * 27, 0]  # 128x32: 16x4, 8x2 ... cells
+    cell = model.anchor_generator.num_anchors * len(CLASS_NAMES)  # (anchor, class) pairs per cell
+    # 128 x 128 has 16x16, 8x8, 4x4, 2x2, 1x1 cells; 128 x 32 has 16x4, 8x2, 4x1, 2x1, 1x1.
+    assert 64 * cell >= 1000 > 16 * cell  # P4 needs padding at 128 x 32, P3 does not
+    assert graph.level_k == [1000, 1000, 16 * cell, 4 * cell, cell]
+    assert graph.level_pad == [0, 1000 - 16 * cell, 16 * cell - 4 * cell, 4 * cell - 2 * cell, 0]
     img = read_image(coco128 / "train2017" / "000000000009.jpg")[:, :, :40]  # 480 x 40 -> 128 x 11 -> 128 x 32
     batch, scales, sizes = letterbox([img], SIZE, RECT_STRIDE)
     assert batch.shape[2:] == (SIZE, 32)
@@ -278,8 +303,7 @@ def test_small_levels_are_padded_in_rectangular_graphs(coco128):
         boxes, scores, labels, count = graph(batch, scales, limits, torch.zeros(1), torch.tensor([post.nms_iou]))
     n = int(count[0])
     assert n == len(ref) > 0 and (labels[0, :n] >= 0).all() and (scores[0, :n] > 0).all()
-    torch.testing.assert_close(scores[0, :n], ref.scores, rtol=1e-4, atol=1e-5)
-    torch.testing.assert_close(boxes[0, :n], ref.boxes, rtol=1e-4, atol=1e-2)
+    assert_same_detections(boxes[0, :n], scores[0, :n], labels[0, :n], ref)
 
 
 def test_int8_quantizes_only_the_network(exported, coco128, tmp_path):
@@ -297,7 +321,7 @@ def test_int8_quantizes_only_the_network(exported, coco128, tmp_path):
     assert all(producers[n.input[1]].op_type == "DequantizeLinear" for n in convs)
     # The letterbox and the box decoding / NMS stay float.
     resize = [n for n in q.graph.node if n.name.startswith("letterbox/") and n.op_type == "Resize"]
-    assert resize and producers[resize[0].input[0]].op_type != "DequantizeLinear"
+    assert resize and producers[resize[0].input[0]].name.startswith("letterbox/")  # no Q/DQ pair inserted
     nms = next(n for n in q.graph.node if n.op_type == "NonMaxSuppression")
     assert producers[nms.input[0]].op_type != "DequantizeLinear"
     assert read_metadata(q_path)["precision"] == "int8"
