@@ -306,6 +306,25 @@ def test_small_levels_are_padded_in_rectangular_graphs(coco128):
     assert_same_detections(boxes[0, :n], scores[0, :n], labels[0, :n], ref)
 
 
+def test_square_export_runs_the_full_square(exported, coco128, tmp_path):
+    """--square: one fixed input shape, the same detections as eager with rect off."""
+    ckpt, rect_path = exported
+    square_path = tmp_path / "square.onnx"
+    assert main(["export", str(ckpt), "--square", "--output", str(square_path)]) == 0
+    assert read_metadata(square_path)["rect"] == "false" and read_metadata(rect_path)["rect"] == "true"
+    model = model_from_checkpoint(ckpt)
+    model.cfg.rect = False
+    img = coco128 / "train2017" / "000000000009.jpg"  # 4:3: 96 x 128 rectangular, 128 x 128 square
+    square = Detector(square_path, conf=0.03).predict(img)
+    eager = Detector(model, conf=0.03).predict(img)
+    assert len(square) == len(eager) > 10
+    assert match_detections(eager, square) == (1.0, pytest.approx(0.0, abs=0.05))
+    # The rectangular graph runs another input size, so its detections are not these.
+    rect = Detector(rect_path, conf=0.03).predict(img)
+    fraction, worst = match_detections(square, rect)
+    assert fraction < 1.0 or worst > 0.05
+
+
 def test_int8_quantizes_only_the_network(exported, coco128, tmp_path):
     _, onnx_path = exported
     files = sorted((coco128 / "train2017").glob("*.jpg"))[:3]

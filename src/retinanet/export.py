@@ -79,7 +79,8 @@ class ExportConfig:
     topk: int | None = None
     """Candidates kept per pyramid level before NMS."""
     fold_bn: bool = True
-    """Fold each level's batch norm of the head into a per-level copy of its conv (speed)."""
+    """Fold every batch norm into its conv (the head's per level into per-level copies) and
+    the input's division by std into the stem conv (speed)."""
     opset: int = OPSET
     """ONNX opset (18 or newer: antialiased Resize)."""
     check: bool = True
@@ -755,7 +756,12 @@ def add_arguments(p) -> None:
     p.add_argument("--iou", type=float, default=None, help="default NMS IoU threshold (an input of the graph)")
     p.add_argument("--max-det", type=int, default=None, help="detections per image (fixed output rows)")
     p.add_argument("--topk", type=int, default=None, help="candidates per pyramid level before NMS")
-    p.add_argument("--no-fold-bn", action="store_true", help="keep the head's per-level batch norms as separate ops")
+    p.add_argument(
+        "--square",
+        action="store_true",
+        help="letterbox to the full size x size square (one fixed input shape) instead of padding to a multiple of 32",
+    )
+    p.add_argument("--no-fold-bn", action="store_true", help="keep every batch norm (and the input scaling) as separate ops")
     p.add_argument("--opset", type=int, default=OPSET, help=f"ONNX opset (default {OPSET})")
     p.add_argument("--int8", action="store_true", help="also write a static int8 model (<output stem>.int8.onnx)")
     p.add_argument("--calibration", help="images for int8 calibration: folder or glob (required with --int8)")
@@ -781,6 +787,7 @@ def run(args) -> int:
         topk=args.topk,
         fold_bn=not args.no_fold_bn,
         opset=args.opset,
+        rect=False if args.square else None,
     )
     export_onnx(model, out, cfg)
     print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB, fp32)")
