@@ -2,9 +2,10 @@
 from a decoded image (uint8 RGB) to final boxes in its pixels, beside the
 torchvision-assembled peer measured in the same run.
 
-Timing: runtimes take turns, BLOCK calls back to back each per round; the first call
-of a block is not counted (it pays for the switch from the previous runtime's threads),
-so the medians are steady-state latencies, as when one runtime serves a stream.
+Timing: runtimes take turns, BLOCK calls back to back each per round, after PAUSE
+seconds idle (the previous runtime's spinning threads go to sleep); the first call of a
+block is not counted (it pays for the switch), so the medians are steady-state
+latencies, as when one runtime serves a stream.
 
 Runtimes: eager PyTorch, TorchScript (traced, frozen network; letterbox and
 post-processing as in eager), torch.compile (with --compile: it takes minutes to build),
