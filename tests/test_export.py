@@ -17,6 +17,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
+from torchvision.ops import batched_nms
 
 from retinanet.api import Detector
 from retinanet.checkpoint import model_from_checkpoint, save_checkpoint
@@ -26,6 +27,7 @@ from retinanet.data.images import read_image
 from retinanet.export import (
     PAD_LABEL,
     DetectionGraph,
+    class_aware_nms,
     ExportConfig,
     QuantizeConfig,
     export_onnx,
@@ -193,6 +195,29 @@ def assert_same_detections(boxes, scores, labels, ref) -> None:
     assert fraction == 1.0 and worst < 0.05  # original pixels, 640 / 128 times the input's
 
 
+def test_class_aware_nms_equals_batched_nms_despite_a_huge_low_score_box():
+    """The coordinate shift is sized by the boxes above the threshold: a huge box below it
+    (a wild low-score decode) must not push the shift to where float32 rounds the IoU of
+    small boxes (an 8 px pair at IoU 0.71 computes as 0.69 with a 4.7e6 shift, where float32
+    steps by 0.5: the shift over all boxes kept both)."""
+    boxes = torch.tensor(
+        [
+            [0.0, 0.0, 8.0, 8.0],
+            [0.0, 2.3, 8.0, 8.0],  # IoU 0.7125 with the first: suppressed at 0.7
+            [100.0, 100.0, 140.0, 140.0],
+            [100.0, 100.0, 140.0, 140.0],  # same box, another class: kept
+            [-30000.0, -30000.0, 30000.0, 30000.0],  # below the threshold
+        ]
+    )[None]
+    scores = torch.tensor([[0.9, 0.8, 0.7, 0.6, 0.01]])
+    labels = torch.tensor([[79, 79, 3, 4, 79]])
+    selected = class_aware_nms(boxes, scores, labels, 10, torch.tensor([0.7]), torch.tensor([0.05]))
+    live = scores[0] > 0.05
+    ref = batched_nms(boxes[0][live], scores[0][live], labels[0][live], 0.7)
+    assert sorted(selected[:, 2].tolist()) == sorted(live.nonzero()[:, 0][ref].tolist()) == [0, 2, 3]
+    assert (selected[:, :2] == 0).all()
+
+
 # ----------------------------------------------------------------------------- exported graph
 
 
@@ -201,9 +226,9 @@ def test_onnxruntime_matches_eager_on_real_images(exported, coco128, raccoon):
     eager, ort_det = Detector(model_from_checkpoint(ckpt), conf=0.01), Detector(onnx_path, conf=0.01)
     assert ort_det.backend_name == "onnx" and eager.backend_name == "torch"
     files = real_images(coco128, raccoon)
-    # Plus a narrow strip (128 x 32 input: padded top-k levels) and a portrait crop.
+    # Plus narrow strips (128 x 32 and 32 x 128 inputs: padded top-k levels) and a portrait crop.
     photo = _hwc(files[0])
-    inputs = files + [photo[:, :40].copy(), photo[:, 100:300].copy()]
+    inputs = files + [photo[:, :40].copy(), photo[:40].copy(), photo[:, 100:300].copy()]
     total = 0
     for a, b in zip(eager.predict(inputs), ort_det.predict(inputs)):
         assert len(a) == len(b), a.source

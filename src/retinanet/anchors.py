@@ -3,7 +3,9 @@
 Order of the flattened anchors (and of the heads' outputs): level, then row y, then
 column x, then anchor a (scale-major over ratios), i.e. index ((y * W + x) * A + a) within
 a level. torchvision's AnchorGenerator works on ImageLists and rounds its base anchors;
-ours is keyed by feature sizes, exact and cached, so export sees constants.
+ours is keyed by feature sizes, exact and cached. ``anchors_at`` computes the anchors of
+given indices with the same float operations, which the ONNX export uses for its
+candidates (no grid, so the graph's input size can vary).
 """
 
 from __future__ import annotations

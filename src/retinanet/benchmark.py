@@ -108,33 +108,38 @@ def test_image(path: str | None, rng_seed: int = 0) -> tuple[np.ndarray, str]:
 
 
 def traced_runner(model, size: int):
-    """TorchScript: the network traced and frozen; letterbox and post-processing eager."""
+    """TorchScript: the network traced and frozen (once per padded input shape, on first
+    use); letterbox (rectangular when the model's ``rect`` is on) and post-processing eager."""
     import warnings
 
-    from .preprocess import letterbox
+    from .preprocess import RECT_STRIDE, letterbox
 
-    x = torch.rand(1, 3, size, size)
-    with torch.no_grad(), warnings.catch_warnings():
-        warnings.simplefilter("ignore", FutureWarning)  # TorchScript is deprecated; measured while it exists
-        net = torch.jit.optimize_for_inference(torch.jit.freeze(torch.jit.trace(model.eval(), x)))
+    stride = RECT_STRIDE if model.cfg.rect else None
+    nets: dict[tuple[int, ...], Callable] = {}
 
     def run(images: list[torch.Tensor]):
         with torch.no_grad():
-            batch, scales, sizes = letterbox(images, size)
-            return model.postprocess(net(batch), (size, size), scales, sizes)
+            batch, scales, sizes = letterbox(images, size, stride)
+            key = tuple(batch.shape)
+            if key not in nets:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", FutureWarning)  # TorchScript is deprecated; measured while it exists
+                    nets[key] = torch.jit.optimize_for_inference(torch.jit.freeze(torch.jit.trace(model.eval(), batch)))
+            return model.postprocess(nets[key](batch), tuple(batch.shape[-2:]), scales, sizes)
 
     return run
 
 
 def compiled_runner(model, size: int):
-    from .preprocess import letterbox
+    from .preprocess import RECT_STRIDE, letterbox
 
+    stride = RECT_STRIDE if model.cfg.rect else None
     net = torch.compile(model.eval())
 
     def run(images: list[torch.Tensor]):
         with torch.no_grad():
-            batch, scales, sizes = letterbox(images, size)
-            return model.postprocess(net(batch), (size, size), scales, sizes)
+            batch, scales, sizes = letterbox(images, size, stride)
+            return model.postprocess(net(batch), tuple(batch.shape[-2:]), scales, sizes)
 
     return run
 

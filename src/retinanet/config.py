@@ -120,15 +120,20 @@ class PostprocessConfig:
 
 @dataclass
 class ModelConfig:
+    """The detector. Every field defaults to the paper's value or the default preset's;
+    preset("default") additionally sets the lite anchors (2 scales per octave), so build
+    configs with preset(), not ModelConfig()."""
+
     preset: str = "default"
     """Name of the preset these values came from (for the record only)."""
     num_classes: int = 80
     """Number of object classes K (no background class)."""
     input_size: int = 320
-    """Square side images are letterboxed to."""
+    """Longest side images are letterboxed to (training and evaluation pad to the square)."""
     rect: bool = True
-    """predict() pads the letterboxed image only up to a multiple of RECT_STRIDE instead of the
-    full square (a 4:3 photo runs at 320 x 256). Exported graphs and evaluation stay square."""
+    """predict() and exported graphs pad the letterboxed image only up to a multiple of
+    RECT_STRIDE instead of the full square (a 4:3 photo runs at 320 x 256). Training and
+    evaluation stay square."""
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
     fpn: FPNConfig = field(default_factory=FPNConfig)
     anchors: AnchorConfig = field(default_factory=AnchorConfig)

@@ -6,9 +6,10 @@ The exported graph, end to end:
       -> letterbox (hand-built ONNX: Resize with antialias, pad bottom/right up to a
          multiple of 32, rectangular like eager predict; or to the full square)
       -> network (backbone, FPN, head; each level's batch norm folded into its own conv copy)
-      -> per-level top-k of class logits, sigmoid, box decoding against anchors sliced
-         from constant full-size grids to each level's feature size
-      -> class-aware NMS (ONNX NonMaxSuppression), best ``max_detections`` per image
+      -> per-level top-k of class logits, sigmoid, box decoding of those candidates only
+         (their anchors computed from their indices: AnchorGenerator.anchors_at)
+      -> class-aware NMS (ONNX NonMaxSuppression, one class with shifted boxes), best
+         ``max_detections`` per image
       -> boxes divided by the letterbox scale and clipped to the image
     outputs: boxes (N, D, 4) float xyxy image pixels, scores (N, D), labels (N, D) int64
              (PAD_LABEL past the count), num_detections (N,) int64
@@ -159,7 +160,8 @@ def level_candidates(logits: Tensor, top_k: int, pad: int, row: int) -> tuple[Te
     logits (N, P), pair index i * row + j (here anchor * K + class) -> scores (N, top_k),
     i (N, top_k), j (N, top_k).
     With ``pad`` the level may have fewer than top_k pairs (a small rectangular input):
-    padding logits go in first and come out as score -1 (never a detection) at index 0.
+    ``pad`` lowest-float logits are appended and, if picked, come out as score -1 (never a
+    detection) at index 0.
 
     postprocess.select_candidates thresholds first and sorts only crowded levels, which
     needs data-dependent shapes; taking the top-k first and leaving the threshold to NMS's
@@ -179,6 +181,28 @@ def level_candidates(logits: Tensor, top_k: int, pad: int, row: int) -> tuple[Te
     return scores, i, flat - i * row
 
 
+def class_aware_nms(
+    boxes: Tensor, scores: Tensor, labels: Tensor, max_out: int, iou_threshold: Tensor, score_threshold: Tensor
+) -> Tensor:
+    """ONNX NonMaxSuppression over candidates of several classes: boxes (N, C, 4), scores
+    and labels (N, C) -> selected (S, 3) rows [image, 0, candidate].
+
+    One-class NMS with each class's boxes shifted by label * (extent + 1), so classes never
+    overlap (torchvision's batched_nms coordinate trick); an (N, K, C) score tensor for
+    ONNX's class axis would be K times larger and its NMS scans every class's row. The
+    extent is taken over the candidates above the threshold only, those NMS sees (as
+    eager's batched_nms does): a huge low-score box would make the shift so large that
+    float32 loses the small boxes' IoU. Finite stand-ins rather than inf, because int8
+    calibration takes every tensor's range.
+    """
+    live, big = (scores > score_threshold)[..., None], torch.finfo(boxes.dtype).max  # (N, C, 1)
+    lo = torch.where(live, boxes, big).amin(dim=(1, 2), keepdim=True)  # (N, 1, 1)
+    hi = torch.where(live, boxes, -big).amax(dim=(1, 2), keepdim=True)
+    extent = torch.where(hi >= lo, hi - lo, 0.0)  # 0 when nothing passes (NMS keeps nothing)
+    shifted = boxes + labels[..., None].to(boxes.dtype) * (extent + 1)
+    return onnx_nms(shifted, scores[:, None, :], max_out, iou_threshold, score_threshold)
+
+
 def _stem_conv(backbone: nn.Module) -> nn.Conv2d | None:
     """The backbone's first conv, when it is a plain conv over the 3 image channels."""
     stages = getattr(backbone, "stages", None)
@@ -191,8 +215,10 @@ def _stem_conv(backbone: nn.Module) -> nn.Conv2d | None:
 class DetectionGraph(nn.Module):
     """Letterboxed image -> final detections, with fixed-size padded outputs.
 
-    forward(x (N, 3, H, W) float in [0, 1], H and W at most ``input_size`` (multiples of
-    32 with ``rect``, else both ``input_size``), scale (1,), limits (4,) = [W, H, W, H],
+    forward(x (N, 3, H, W) float in [0, 1] as the letterbox makes it: with ``rect`` H and W
+    multiples of 32, the longer one equal to ``input_size`` (the static top-k sizes assume
+    it: the smallest input is 32 x input_size); else both ``input_size``), scale (1,),
+    limits (4,) = [W, H, W, H],
     score_threshold (1,), iou_threshold (1,)) -> boxes (N, D, 4), scores (N, D),
     labels (N, D), num_detections (N,). The same code runs eagerly and is exported.
 
@@ -209,7 +235,6 @@ class DetectionGraph(nn.Module):
             model.fuse(channels_last=False)
         self.backbone, self.fpn, self.head = model.backbone, model.fpn, model.head
         self.num_classes = model.num_classes
-        self.post = post
         self.box_coder = BoxCoder(model.box_coder.weights, model.box_coder.clamp)
         self.anchor_generator = gen = model.anchor_generator
         # Static top-k sizes: a level keeps min(topk, pairs of the largest input); with a
@@ -232,7 +257,8 @@ class DetectionGraph(nn.Module):
             with torch.no_grad():
                 stem.weight.div_(model.std.reshape(1, -1, 1, 1))
             self.std_folded = True
-        self.register_buffer("std", model.std.clone(), persistent=False)
+        else:
+            self.register_buffer("std", model.std.clone(), persistent=False)
 
     def forward(
         self, x: Tensor, scale: Tensor, limits: Tensor, score_threshold: Tensor, iou_threshold: Tensor
@@ -253,14 +279,8 @@ class DetectionGraph(nn.Module):
         scores, labels = torch.cat(level_scores, 1), torch.cat(level_labels, 1)  # (N, C)
         boxes = self.box_coder.decode(torch.cat(level_deltas, 1), torch.cat(level_anchors, 1))  # (N, C, 4)
 
-        # Class-aware NMS as a one-class NMS: each class's boxes shifted by label * (extent +
-        # 1) so classes never overlap (torchvision's batched_nms coordinate trick). An
-        # (N, K, C) score tensor for ONNX's class axis would be 80x larger, and its NMS scans
-        # every class's row.
-        lo, hi = boxes.amin(dim=(1, 2), keepdim=True), boxes.amax(dim=(1, 2), keepdim=True)  # (N, 1, 1)
-        shifted = boxes + labels[..., None].to(boxes.dtype) * (hi - lo + 1)
         d = self.rows
-        selected = onnx_nms(shifted, scores[:, None, :], d, iou_threshold, score_threshold)  # (S, 3) [image, 0, box]
+        selected = class_aware_nms(boxes, scores, labels, d, iou_threshold, score_threshold)  # (S, 3) [image, 0, box]
 
         # Best d survivors per image, without trusting the NMS output order: mark the
         # survivors in a dense (N, C) score map (others -1) and take its top d.
@@ -638,9 +658,10 @@ def quantize_int8(fp32_path: str | Path, out_path: str | Path, calibration: str 
     size = int({p.key: p.value for p in model.metadata_props}.get("input_size", 0)) or None
 
     class Reader(CalibrationDataReader):
-        """Feeds each image letterboxed to the graph's input size (its Resize is then the
-        identity): activations as in real use, and every tensor of one shape, which the
-        percentile and entropy calibrators need."""
+        """Feeds each image letterboxed to the graph's full input square (its Resize is then
+        the identity): content scaled as in real use, and every tensor of one shape, which
+        the percentile and entropy calibrators need (a rectangular graph runs the same
+        ranges on its smaller inputs)."""
 
         def __init__(self) -> None:
             self.it = iter(tqdm(files, desc="calibrating", unit="img"))
@@ -756,10 +777,14 @@ def add_arguments(p) -> None:
     p.add_argument("--iou", type=float, default=None, help="default NMS IoU threshold (an input of the graph)")
     p.add_argument("--max-det", type=int, default=None, help="detections per image (fixed output rows)")
     p.add_argument("--topk", type=int, default=None, help="candidates per pyramid level before NMS")
-    p.add_argument(
+    shape = p.add_mutually_exclusive_group()
+    shape.add_argument(
         "--square",
         action="store_true",
         help="letterbox to the full size x size square (one fixed input shape) instead of padding to a multiple of 32",
+    )
+    shape.add_argument(
+        "--rect", action="store_true", help="pad only to a multiple of 32 even if the checkpoint's model.rect is false"
     )
     p.add_argument("--no-fold-bn", action="store_true", help="keep every batch norm (and the input scaling) as separate ops")
     p.add_argument("--opset", type=int, default=OPSET, help=f"ONNX opset (default {OPSET})")
@@ -787,7 +812,7 @@ def run(args) -> int:
         topk=args.topk,
         fold_bn=not args.no_fold_bn,
         opset=args.opset,
-        rect=False if args.square else None,
+        rect=False if args.square else True if args.rect else None,
     )
     export_onnx(model, out, cfg)
     print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB, fp32)")
