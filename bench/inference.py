@@ -1,7 +1,8 @@
 """Issue "Inference and deployment" benchmark -> BENCHMARKS.md, section "Inference".
 
-Speed: default preset, 80 classes, 320x320, batch 1, end to end from a decoded COCO photo
-to final boxes in its pixels, for eager PyTorch, TorchScript, ONNX Runtime fp32 and int8,
+Speed: default preset, 80 classes, input size 320 (the 640x480 photo letterboxes to
+320x256 in every runtime, as in the peer's own transform), batch 1, end to end from a
+decoded COCO photo to final boxes in its pixels, for eager PyTorch, TorchScript, ONNX Runtime fp32 and int8,
 beside the torchvision-assembled peer (retinanet/peer.py) in the same run, interleaved.
 Targets: ORT fp32 <= 25 ms and >= 8x the peer; int8 <= 0.7x fp32; eager >= 4x the peer.
 
@@ -101,7 +102,7 @@ def main() -> None:
     print(f"machine: {machine_line(args.threads)}\n")
     if not args.skip_speed:
         calibration = sorted((DATASETS / "coco128" / "train2017").glob("*.jpg"))
-        print("### Speed (default preset, 80 classes, 320x320, batch 1, end to end)\n")
+        print("### Speed (default preset, 80 classes, input size 320: the 4:3 photo runs at 320x256, batch 1, end to end)\n")
         print(speed(args.repeats, args.threads, calibration))
     if args.checkpoint:
         print(f"\n### int8 accuracy on raccoon test ({args.checkpoint})\n")
