@@ -52,8 +52,8 @@ _BUILT: dict[int, torch.nn.Module] = {}
 
 
 # A seed whose perturbed head spreads scores across the thresholds the tests use (on
-# 000000000034.jpg: 182 above 0.03, 93 above 0.05, 38 above 0.1).
-MODEL_SEED = 4
+# 000000000034.jpg: 74 above 0.03, 20 above 0.05, 5 above 0.1).
+MODEL_SEED = 0
 
 
 def build_test_model(seed: int = MODEL_SEED):

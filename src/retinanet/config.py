@@ -21,7 +21,9 @@ import yaml
 # Paper values (Lin et al. 2017, "Focal Loss for Dense Object Detection", sec. 4 and 5.1).
 PAPER_ANCHOR_SIZES = (32.0, 64.0, 128.0, 256.0, 512.0)  # P3..P7
 PAPER_ANCHOR_SCALES = (1.0, 2 ** (1 / 3), 2 ** (2 / 3))  # 3 scales per octave
-# TF's FPNLite (DESIGN.md): 2 scales per octave, A = 6 instead of 9, for the lite presets.
+# TF's FPNLite (DESIGN.md): 2 scales per octave, A = 6 instead of 9. Not a preset default:
+# 6.5% faster in ONNX Runtime but lower AP in short trainings (BENCHMARKS.md); opt in with
+# model.anchors.scales=[1,1.41421].
 LITE_ANCHOR_SCALES = (1.0, 2 ** (1 / 2))
 PAPER_ANCHOR_RATIOS = (0.5, 1.0, 2.0)  # height / width
 PAPER_PRIOR_PROB = 0.01  # class-head bias = -log((1 - pi) / pi)
@@ -120,9 +122,7 @@ class PostprocessConfig:
 
 @dataclass
 class ModelConfig:
-    """The detector. Every field defaults to the paper's value or the default preset's;
-    preset("default") additionally sets the lite anchors (2 scales per octave), so build
-    configs with preset(), not ModelConfig()."""
+    """The detector: every field defaults to the paper's value or the default preset's."""
 
     preset: str = "default"
     """Name of the preset these values came from (for the record only)."""
@@ -249,13 +249,9 @@ def preset(name: str = "default", num_classes: int = 80, **overrides: Any) -> Mo
     v1        MobileNetV1 (width 1.0; set backbone.width for 0.75/0.5/0.25), 256 ch, 640 px
     v3        MobileNetV3-Large + lite, 320 px
     v3_small  MobileNetV3-Small + lite, 320 px
-
-    The lite presets (default, v3, v3_small) use FPNLite's 2 anchor scales per octave
-    (6 anchors per position); full and v1 keep the paper's 3 (9 anchors).
     """
-    lite_anchors = AnchorConfig(scales=LITE_ANCHOR_SCALES)
     if name == "default":
-        cfg = ModelConfig(anchors=lite_anchors)
+        cfg = ModelConfig()
     elif name == "full":
         cfg = ModelConfig(
             input_size=640,
@@ -274,7 +270,7 @@ def preset(name: str = "default", num_classes: int = 80, **overrides: Any) -> Mo
         backbone = "mobilenet_v3_large" if name == "v3" else "mobilenet_v3_small"
         # ImageNet V3 weights come from torchvision's cache or a user-given file; none ship offline.
         cfg = ModelConfig(
-            backbone=BackboneConfig(name=backbone, weights="none", freeze_bn=False, freeze_stages=0), anchors=lite_anchors
+            backbone=BackboneConfig(name=backbone, weights="none", freeze_bn=False, freeze_stages=0)
         )
     else:
         raise ConfigError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
