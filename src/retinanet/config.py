@@ -21,10 +21,6 @@ import yaml
 # Paper values (Lin et al. 2017, "Focal Loss for Dense Object Detection", sec. 4 and 5.1).
 PAPER_ANCHOR_SIZES = (32.0, 64.0, 128.0, 256.0, 512.0)  # P3..P7
 PAPER_ANCHOR_SCALES = (1.0, 2 ** (1 / 3), 2 ** (2 / 3))  # 3 scales per octave
-# TF's FPNLite (DESIGN.md): 2 scales per octave, A = 6 instead of 9. Not a preset default:
-# 6.5% faster in ONNX Runtime but lower AP in short trainings (BENCHMARKS.md); opt in with
-# model.anchors.scales=[1,1.41421].
-LITE_ANCHOR_SCALES = (1.0, 2 ** (1 / 2))
 PAPER_ANCHOR_RATIOS = (0.5, 1.0, 2.0)  # height / width
 PAPER_PRIOR_PROB = 0.01  # class-head bias = -log((1 - pi) / pi)
 
@@ -233,7 +229,7 @@ class TrainConfig:
 class RunConfig:
     """Everything `retinanet train` needs; saved as config.yaml in the run folder and in checkpoints."""
 
-    model: ModelConfig = field(default_factory=lambda: preset("default"))
+    model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
 
@@ -269,9 +265,7 @@ def preset(name: str = "default", num_classes: int = 80, **overrides: Any) -> Mo
     elif name in ("v3", "v3_small"):
         backbone = "mobilenet_v3_large" if name == "v3" else "mobilenet_v3_small"
         # ImageNet V3 weights come from torchvision's cache or a user-given file; none ship offline.
-        cfg = ModelConfig(
-            backbone=BackboneConfig(name=backbone, weights="none", freeze_bn=False, freeze_stages=0)
-        )
+        cfg = ModelConfig(backbone=BackboneConfig(name=backbone, weights="none", freeze_bn=False, freeze_stages=0))
     else:
         raise ConfigError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
     cfg.preset = name
