@@ -58,7 +58,7 @@ def test_mixed_sizes_keep_input_order(detector, image, raccoon):
     a, b = detector.predict(image), detector.predict(other)
     ra, rb, ra2 = detector.predict([image, other, image])
     assert ra.image_size == a.image_size and rb.image_size == b.image_size
-    # batch 3 vs batch 1: conv blocking differs, so allow float noise (0.01 px)
+    # image runs in a batch of 2 vs alone: conv blocking differs, so allow float noise (0.01 px)
     np.testing.assert_allclose(ra.boxes, a.boxes, atol=1e-2)
     np.testing.assert_allclose(rb.boxes, b.boxes, atol=1e-2)
     np.testing.assert_allclose(ra2.boxes, a.boxes, atol=1e-2)

@@ -230,7 +230,7 @@ class DetectionGraph(nn.Module):
 
     def __init__(self, model: nn.Module, input_size: int, post: PostprocessConfig, fold_bn: bool = True, rect: bool = False):
         super().__init__()
-        model = copy.deepcopy(model).eval()  # the caller's model keeps its weights
+        model = copy.deepcopy(model).eval().cpu()  # the caller's model keeps its weights, device and mode
         if fold_bn:
             model.fuse(channels_last=False)
         self.backbone, self.fpn, self.head = model.backbone, model.fpn, model.head
@@ -427,7 +427,6 @@ def export_onnx(model: nn.Module, path: str | Path, cfg: ExportConfig | None = N
     if cfg.opset < OPSET:
         raise ValueError(f"opset {cfg.opset} is too old: antialiased Resize needs opset {OPSET} or newer")
     post = _resolve_post(model, cfg)
-    model = copy.deepcopy(model).eval().cpu()  # the caller's model keeps its device and mode
     # A graph of size 32 has only one rectangular shape: the square.
     rect = (model.cfg.rect if cfg.rect is None else cfg.rect) and size > RECT_STRIDE
     graph = DetectionGraph(model, size, post, cfg.fold_bn, rect=rect).eval()

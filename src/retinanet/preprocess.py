@@ -26,13 +26,18 @@ def letterbox_size(h: int, w: int, size: int) -> tuple[int, int, float]:
     return max(1, round(h * scale)), max(1, round(w * scale)), scale
 
 
+def _round_up(side: int, stride: int, size: int) -> int:
+    """A resized side padded up to a multiple of ``stride``, never above ``size``."""
+    return min(size, -(-side // stride) * stride)
+
+
 def padded_size(h: int, w: int, size: int, stride: int | None = None) -> tuple[int, int]:
     """Input size one (H, W) image letterboxes to: size x size, or with ``stride`` each
     resized side rounded up to a multiple of it (never above size)."""
     if not stride:
         return size, size
     nh, nw, _ = letterbox_size(h, w, size)
-    return min(size, -(-nh // stride) * stride), min(size, -(-nw // stride) * stride)
+    return _round_up(nh, stride, size), _round_up(nw, stride, size)
 
 
 def letterbox(images: list[Tensor], size: int, stride: int | None = None) -> tuple[Tensor, Tensor, Tensor]:
@@ -56,8 +61,8 @@ def letterbox(images: list[Tensor], size: int, stride: int | None = None) -> tup
         sizes.append((h, w))
     out_h = out_w = size
     if stride:  # the largest image's padded size (callers group images of one size)
-        out_h = min(size, -(-max(x.shape[1] for x in resized) // stride) * stride)
-        out_w = min(size, -(-max(x.shape[2] for x in resized) // stride) * stride)
+        out_h = _round_up(max(x.shape[1] for x in resized), stride, size)
+        out_w = _round_up(max(x.shape[2] for x in resized), stride, size)
     batch = torch.zeros(len(images), 3, out_h, out_w)
     for i, x in enumerate(resized):
         batch[i, :, : x.shape[1], : x.shape[2]] = x.clamp(0, 1)
