@@ -17,6 +17,7 @@ a list. OpenCV users: cv2 decodes BGR, convert with ``frame[..., ::-1]`` first.
 
 from __future__ import annotations
 
+import dataclasses
 import glob as globlib
 import json
 from collections.abc import Iterable, Sequence
@@ -187,13 +188,9 @@ class _TorchBackend:
         self.score_thresh, self.nms_iou, self.max_detections = post.score_thresh, post.nms_iou, post.max_detections
 
     def run(self, images: list[Tensor], conf: float, iou: float, max_det: int) -> list[tuple[np.ndarray, ...]]:
-        post = self.model.cfg.postprocess
-        saved = (post.score_thresh, post.nms_iou, post.max_detections)
-        post.score_thresh, post.nms_iou, post.max_detections = conf, iou, max_det
-        try:
-            dets = self.model.predict([im.to(self.device) for im in images])
-        finally:
-            post.score_thresh, post.nms_iou, post.max_detections = saved
+        # This call's thresholds, never written into the model: concurrent calls stay independent.
+        post = dataclasses.replace(self.model.cfg.postprocess, score_thresh=conf, nms_iou=iou, max_detections=max_det)
+        dets = self.model.predict([im.to(self.device) for im in images], post=post)
         return [(d.boxes.cpu().numpy(), d.scores.cpu().numpy(), d.labels.cpu().numpy()) for d in dets]
 
 

@@ -12,7 +12,7 @@ from torch import Tensor, nn
 from .anchors import AnchorGenerator
 from .backbones import Backbone, build_backbone, fold_bn
 from .boxes import BoxCoder
-from .config import ModelConfig
+from .config import ModelConfig, PostprocessConfig
 from .fpn import FPN
 from .heads import RetinaHead, fold_head_bn
 from .losses import DetectionLoss
@@ -66,6 +66,8 @@ class RetinaNet(nn.Module):
             raise ValueError(f"{len(category_ids)} category ids for {cfg.num_classes} classes")
         # The dataset's own id of each contiguous label 0..K-1 (COCO ids are not contiguous).
         self.category_ids = list(category_ids) if category_ids else list(range(cfg.num_classes))
+        self.fused = False  # set by fuse(): batch norm folded, inference only
+        self.backbone_frozen = False  # set by freeze_backbone()
         # Depthwise convs run about twice as fast in channels-last layout on CPU.
         self.to(memory_format=torch.channels_last)
 
@@ -87,7 +89,7 @@ class RetinaNet(nn.Module):
         per-level BNs into per-level conv copies). Same outputs, fewer passes over the
         activations; the model can no longer be trained. ``channels_last`` also converts the
         weights to the memory format PyTorch's CPU convs run fastest in (eager inference)."""
-        if not getattr(self, "fused", False):
+        if not self.fused:
             self.eval()
             fold_bn(self.backbone)
             fold_bn(self.fpn)
@@ -99,10 +101,10 @@ class RetinaNet(nn.Module):
         return self.eval()
 
     def train(self, mode: bool = True) -> RetinaNet:
-        if mode and getattr(self, "fused", False):
+        if mode and self.fused:
             raise RuntimeError("this model was fused for inference (model.fuse()); rebuild it to train")
         super().train(mode)
-        if mode and getattr(self, "backbone_frozen", False):
+        if mode and self.backbone_frozen:
             self.backbone.eval()
         return self
 
@@ -130,14 +132,20 @@ class RetinaNet(nn.Module):
         image_hw: tuple[int, int],
         scales: Tensor | None = None,
         orig_sizes: Tensor | None = None,
+        post: PostprocessConfig | None = None,
     ) -> list[Detections]:
+        """Detections from forward's outputs. ``post`` (thresholds, top-k, NMS) applies to
+        this call only; None uses the model's ``cfg.postprocess``. The model is not changed."""
         anchors, counts = self.anchors(image_hw)
-        return postprocess(*outputs, anchors, counts, self.cfg.postprocess, self.box_coder, scales, orig_sizes)
+        post = self.cfg.postprocess if post is None else post
+        return postprocess(*outputs, anchors, counts, post, self.box_coder, scales, orig_sizes)
 
     @torch.no_grad()
-    def predict(self, images: list[Tensor] | Tensor) -> list[Detections]:
+    def predict(self, images: list[Tensor] | Tensor, post: PostprocessConfig | None = None) -> list[Detections]:
         """images: (3, H, W) uint8 / [0, 1] float tensors of any sizes, or a batch of them.
-        Returns one Detections per image, boxes in that image's pixels.
+        Returns one Detections per image, boxes in that image's pixels. ``post`` overrides
+        the model's post-processing settings for this call only (thread-safe: nothing is
+        written into the model).
 
         With ``cfg.rect`` images run in groups of one padded input size, so an image's
         detections never depend on the other images of the call (padding it to a larger
@@ -155,7 +163,7 @@ class RetinaNet(nn.Module):
         for idx in groups.values():
             batch, scales, sizes = letterbox([images[i] for i in idx], size, stride)
             batch = batch.to(self.mean.device)
-            for i, det in zip(idx, self.postprocess(self(batch), batch.shape[-2:], scales, sizes)):
+            for i, det in zip(idx, self.postprocess(self(batch), batch.shape[-2:], scales, sizes, post)):
                 out[i] = det
         self.train(was_training)
         return out

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from .backbones import install_offline_weights
+from ..backbones import install_offline_weights
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 
-from .config import PRESETS, apply_overrides, preset
+from ..config import PRESETS, apply_overrides, preset
 
 MODEL_PREFIX = "model."  # overrides are written as for `retinanet train`
 
@@ -33,8 +33,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from .data import load_dataset
-    from .data.anchor_fit import anchor_report, format_report, plot_report
+    from ..data import load_dataset
+    from ..data.anchor_fit import anchor_report, format_report, plot_report
 
     cfg = preset(args.preset)
     bad = [o for o in args.overrides if not o.startswith(MODEL_PREFIX)]
@@ -61,6 +61,6 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _fitted(report) -> str:
-    from .data.anchor_fit import overrides
+    from ..data.anchor_fit import overrides
 
     return overrides(report.fitted.scales, report.fitted.ratios)

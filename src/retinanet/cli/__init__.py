@@ -1,0 +1,59 @@
+"""`retinanet <command> ...`: one thin module per command in this folder.
+
+Each command module has ``add_arguments(parser)`` and ``run(args) -> int``: it turns the
+arguments into one library call and prints what came back. Commands never call each
+other; what two commands share lives in the library.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from .. import __version__
+from . import anchors, benchmark, cfg, check_data, convert, evaluate, export, predict, pretrain, train, weights
+
+# command -> (module, one-line help), in the order `retinanet --help` lists them
+COMMANDS = {
+    "train": (train, "fine-tune a detector (default: on the built-in synthetic shapes)"),
+    "eval": (evaluate, "COCO metrics (pycocotools) of a checkpoint on a dataset, with PR curves and a confusion matrix"),
+    "predict": (predict, "run a model on images, folders, videos or a webcam; annotated output and COCO JSON"),
+    "export": (export, "export a checkpoint to ONNX (NMS inside), optionally int8"),
+    "benchmark": (benchmark, "latency of eager, TorchScript, ONNX fp32 / int8 beside the torchvision peer"),
+    "check-data": (check_data, "validate a dataset: problems, class counts, box size histograms"),
+    "convert": (convert, "convert a dataset between COCO, Pascal VOC and YOLO formats"),
+    "anchors": (anchors, "best possible recall of the anchors on a dataset; fit scales and ratios to it"),
+    "pretrain": (pretrain, "pretrain a MobileNet backbone as an image classifier (ImageNet-style folders)"),
+    "weights": (weights, "install and verify the offline ImageNet MobileNetV2 weights"),
+    "cfg": (cfg, "print every configuration key with its default and one-line doc"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="retinanet", description="RetinaNet with MobileNet backbones: train, evaluate, predict, export."
+    )
+    parser.add_argument("--version", action="version", version=f"retinanet {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (module, help_) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_, description=help_)
+        module.add_arguments(p)
+        p.set_defaults(_run=module.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "command", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args._run(args) or 0)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except (ValueError, FileNotFoundError, RuntimeError) as e:
+        # Errors meant for the user (bad config, missing file, corrupt data): one clear line.
+        print(f"retinanet {args.command}: error: {e}", file=sys.stderr)
+        return 1
