@@ -26,8 +26,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 
 from retinanet.api import Detector
-from retinanet.benchmark import BenchConfig, benchmark, format_rows, machine_line
-from retinanet.config import preset
+from retinanet.benchmark import benchmark, format_rows, machine_line
+from retinanet.config import BenchConfig, preset
 from retinanet.model import build_model
 
 DATASETS = ROOT.parent / "shared" / "datasets"
@@ -59,13 +59,9 @@ def speed(repeats: int, threads: int, calibration: list[Path]) -> str:
 def accuracy(checkpoint: Path, threads: int) -> str:
     from retinanet.checkpoint import model_from_checkpoint
     from retinanet.data.spec import load_dataset
-    from retinanet.evaluate import evaluate_detections
-    from retinanet.export import (
-        ExportConfig,
-        QuantizeConfig,
-        export_onnx,
-        quantize_int8,
-    )
+    from retinanet.evaluation import score_detections
+    from retinanet.config import ExportConfig, QuantizeConfig
+    from retinanet.export import export_onnx, quantize_int8
     from retinanet.postprocess import Detections
 
     raccoon = DATASETS / "raccoon"
@@ -83,7 +79,7 @@ def accuracy(checkpoint: Path, threads: int) -> str:
             det = Detector(source, conf=conf, threads=threads)
             preds = det.predict([r.image_path for r in test.records])
             dets = [Detections(torch.from_numpy(p.boxes), torch.from_numpy(p.scores), torch.from_numpy(p.labels)) for p in preds]
-            m = evaluate_detections(test, dets, plots=False).metrics
+            m = score_detections(test, dets, plots=False).metrics
             results[name] = m
             lines.append(f"| {name} | {m['AP']:.3f} | {m['AP50']:.3f} | {m['AP75']:.3f} |")
     drop = (results["ONNX Runtime fp32"]["AP50"] - results["ONNX Runtime int8"]["AP50"]) * 100

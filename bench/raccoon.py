@@ -26,7 +26,7 @@ from retinanet.config import AugmentConfig, RunConfig, apply_overrides, preset
 from retinanet.data import load_dataset
 from retinanet.data.loader import build_loader
 from retinanet.engine import Trainer
-from retinanet.evaluate import evaluate, evaluate_detections
+from retinanet.evaluation import evaluate, score_detections
 from retinanet.peer import build_peer
 from retinanet.postprocess import Detections
 
@@ -47,7 +47,7 @@ def train_ours(args: argparse.Namespace) -> tuple[dict, float, Path]:
     minutes = (time.perf_counter() - start) / 60
     test = load_dataset(args.data, split="test", progress=False)
     model = model_from_checkpoint(trainer.run_dir / "last.pt")  # final epoch, EMA weights
-    return evaluate(model, test, progress=False), minutes, trainer.run_dir / "last.pt"
+    return evaluate(model, test, progress=False).metrics, minutes, trainer.run_dir / "last.pt"
 
 
 def train_peer(args: argparse.Namespace) -> tuple[dict, float]:
@@ -82,7 +82,7 @@ def train_peer(args: argparse.Namespace) -> tuple[dict, float]:
                 ids.append(int(iid))
     by_id = dict(zip(ids, detections))
     ordered = [by_id[r.image_id] for r in test.records]
-    return evaluate_detections(test, ordered, out_dir=None, plots=False).metrics, minutes
+    return score_detections(test, ordered, plots=False).metrics, minutes
 
 
 def main() -> None:

@@ -24,7 +24,7 @@ from retinanet.peer import build_peer
 from retinanet.config import AugmentConfig, preset
 from retinanet.data import load_dataset
 from retinanet.data.loader import build_loader
-from retinanet.engine import resolve_workers
+from retinanet.runtime import resolve_workers
 from retinanet.model import build_model
 
 

@@ -7,10 +7,7 @@ import torch
 from PIL import Image
 from torchvision.ops import box_iou
 
-from retinanet.cli import main
-from retinanet.config import AnchorConfig, ModelConfig, RunConfig, apply_overrides, preset
-from retinanet.data import DetectionDataset, Record, load_dataset
-from retinanet.data.anchor_fit import (
+from retinanet.anchor_fit import (
     anchor_generator,
     anchor_recall,
     anchor_report,
@@ -21,6 +18,9 @@ from retinanet.data.anchor_fit import (
     overrides,
     plot_report,
 )
+from retinanet.cli import main
+from retinanet.config import AnchorConfig, ModelConfig, RunConfig, apply_overrides, preset
+from retinanet.data import DetectionDataset, Record, load_dataset
 
 
 def tiny_config():
@@ -107,7 +107,7 @@ def test_fitted_anchors_are_not_worse_than_the_defaults(request, source):
 def test_report_text_and_plot(tmp_path):
     boxes = torch.tensor([[4.0, 4, 20, 20], [0, 0, 16, 8], [0, 0, 64, 64]])
     cfg = tiny_config()
-    from retinanet.data.anchor_fit import AnchorFitReport
+    from retinanet.anchor_fit import AnchorFitReport
 
     report = AnchorFitReport(64, (16.0, 32.0), boxes, 1, anchor_recall(boxes, cfg))
     report.fitted = anchor_recall(boxes, cfg, AnchorConfig((16.0, 32.0), (0.8, 2.0), (0.5, 1.0)))

@@ -15,7 +15,8 @@ from PIL import Image
 
 from retinanet.cli import main
 from retinanet.data import DataError, DetectionDataset, Record, load_dataset
-from retinanet.data.check import ASPECT_EDGES, SIZE_EDGES, check_mode, dataset_stats
+from retinanet.data.check import check_mode
+from retinanet.data.stats import ASPECT_EDGES, SIZE_EDGES, dataset_stats
 from retinanet.data.images import ImageError, MissingImageError, image_info, read_image
 
 IMAGES = ("000000000009.jpg", "000000000025.jpg", "000000000030.jpg")  # 8 + 2 + 2 boxes, no crowd

@@ -17,7 +17,7 @@ from retinanet.data import DataError, available_splits, load_dataset
 from retinanet.data.convert import convert
 from retinanet.data.images import image_info, open_image, read_image
 from retinanet.data.voc import parse_voc_xml, voc_corners
-from retinanet.data.check import DataReport
+from retinanet.data.report import DataReport
 
 COCO_JSON = "annotations/instances_train2017.json"
 

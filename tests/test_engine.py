@@ -2,11 +2,13 @@ import math
 
 import pytest
 import torch
+import yaml
 
 from retinanet.config import RunConfig, preset
 from retinanet.data.dataset import DetectionDataset
 from retinanet.data.synthetic import load_synthetic
-from retinanet.engine import NonFiniteLossError, Trainer, ema_avg_fn, lr_factor
+from retinanet.engine import Trainer
+from retinanet.optim import NonFiniteLossError, ema_avg_fn, lr_factor
 
 
 def subset(ds: DetectionDataset, n: int) -> DetectionDataset:
@@ -88,3 +90,14 @@ def test_divergence_stops_with_a_clear_error_and_never_steps_on_nan(tmp_path, ti
         trainer.fit()
     # The skipped steps left the last good weights in place: nothing is NaN.
     assert all(torch.isfinite(p).all() for p in trainer.model.parameters())
+
+
+def test_trainer_leaves_the_callers_config_alone(tmp_path, tiny_data):
+    train, val = tiny_data
+    cfg = tiny_cfg(tmp_path, "copy")
+    cfg.model.num_classes = 99
+    trainer = Trainer(cfg, progress=False, train_data=train, val_data=val)
+    assert cfg.model.num_classes == 99  # the caller's config is unchanged
+    assert trainer.cfg.model.num_classes == train.num_classes == trainer.model.num_classes
+    saved = yaml.safe_load((tmp_path / "copy" / "config.yaml").read_text())
+    assert saved["model"]["num_classes"] == train.num_classes

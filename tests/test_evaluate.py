@@ -22,18 +22,11 @@ from retinanet.data.coco import write_coco
 from retinanet.data.voc import write_voc
 from retinanet.data.dataset import DetectionDataset, Record
 from retinanet.data.images import ImageError, read_image
-from retinanet.evaluate import (
-    METRIC_NAMES,
-    NO_GROUND_TRUTH,
-    coco_evaluate,
-    confusion_matrix,
-    detections_to_coco,
-    evaluate,
-    evaluate_detections,
-    label_mapping,
-    load_ground_truth,
-    run_evaluation,
-)
+from retinanet.config import EvalConfig
+from retinanet.evaluation import METRIC_NAMES, evaluate, score_detections
+from retinanet.evaluation.coco import NO_GROUND_TRUTH, coco_evaluate, detections_to_coco, load_ground_truth
+from retinanet.evaluation.confusion import confusion_matrix
+from retinanet.evaluation.loop import label_mapping
 from retinanet.model import build_model
 from retinanet.postprocess import Detections
 
@@ -151,7 +144,7 @@ def test_perfect_detections_give_ap_one_with_crowd_ignored(coco128_ds):
     ds = coco128_ds
     assert sum(int(r.ignore.sum()) for r in ds.records) == 10  # coco128 has 10 crowd boxes (SOURCES.md)
     for crowd_score in (None, 0.5):  # crowd regions missed, then detected
-        report = evaluate_detections(ds, perfect(ds, crowd_score), plots=False)
+        report = score_detections(ds, perfect(ds, crowd_score), plots=False)
         m = report.metrics
         for name in ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR100", "ARs", "ARm", "ARl"):
             assert m[name] == ONE, (crowd_score, name, m[name])
@@ -168,12 +161,12 @@ def test_perfect_detections_give_ap_one_with_crowd_ignored(coco128_ds):
             fp_labels = torch.full((len(fp_boxes),), ds.class_names.index("toothbrush"))
             d.boxes, d.scores = torch.cat([d.boxes, fp_boxes]), torch.cat([d.scores, torch.full((len(fp_boxes),), 2.0)])
             d.labels = torch.cat([d.labels, fp_labels])
-    assert evaluate_detections(ds, dets, plots=False).metrics["AP"] < 1.0
+    assert score_detections(ds, dets, plots=False).metrics["AP"] < 1.0
 
 
 def test_perturbed_detections_equal_pycocotools_on_written_files(coco128_ds, coco128, tmp_path):
     ds = coco128_ds
-    report = evaluate_detections(ds, perturbed(ds), out_dir=tmp_path, plots=False)
+    report = score_detections(ds, perturbed(ds), out_dir=tmp_path, plots=False)
     assert 0.2 < report.metrics["AP"] < 0.9  # a real mix of hits and misses, not a degenerate case
 
     E = pycocotools_by_hand(tmp_path / "ground_truth.json", tmp_path / "detections.json")
@@ -212,7 +205,7 @@ def test_perturbed_detections_equal_pycocotools_on_written_files(coco128_ds, coc
 def test_detections_json_round_trips(coco128_ds, tmp_path):
     ds = coco128_ds
     dets = perturbed(ds, seed=1)
-    evaluate_detections(ds, dets, out_dir=tmp_path, plots=False)
+    score_detections(ds, dets, out_dir=tmp_path, plots=False)
     written = json.loads((tmp_path / "detections.json").read_text())
     assert len(written) == sum(len(d) for d in dets)
     first = next(i for i, d in enumerate(dets) if len(d))
@@ -345,13 +338,13 @@ def test_voc_difficult_boxes_are_neither_true_nor_false_positives(tmp_path):
     # A detection on the difficult box ranked above the real hit: if it counted as a false
     # positive AP50 would be 0.5; if the difficult box counted as a miss AR100 would be 0.5.
     on_difficult = [[51, 51, 89, 91]]  # IoU 0.88 with the difficult box
-    m = evaluate_detections(ds, [dets(on_difficult + normal, [0.9, 0.6], [0, 0])], plots=False).metrics
+    m = score_detections(ds, [dets(on_difficult + normal, [0.9, 0.6], [0, 0])], plots=False).metrics
     assert m["AP50"] == ONE and m["AR100"] == ONE
     # Not detecting the difficult box costs nothing either.
-    assert evaluate_detections(ds, [dets(normal, [0.6], [0])], plots=False).metrics["AP"] == ONE
+    assert score_detections(ds, [dets(normal, [0.6], [0])], plots=False).metrics["AP"] == ONE
     # The same box as an ordinary object: the detection on it is now a hit, leaving it out a miss.
     plain = small_dataset(tmp_path, [rec(1, records[0].boxes, [0, 0])])
-    assert evaluate_detections(plain, [dets(normal, [0.6], [0])], plots=False).metrics["AR100"] == 0.5
+    assert score_detections(plain, [dets(normal, [0.6], [0])], plots=False).metrics["AR100"] == 0.5
 
 
 def test_voc_and_coco_files_of_the_same_boxes_give_the_same_metrics(raccoon, tmp_path):
@@ -367,8 +360,8 @@ def test_voc_and_coco_files_of_the_same_boxes_give_the_same_metrics(raccoon, tmp
     assert voc.num_boxes(include_ignored=True) - voc.num_boxes() == 10 == coco.num_boxes(include_ignored=True) - coco.num_boxes()
 
     dets_by_name = dict(zip((r.image_path.name for r in voc.records), perturbed(voc, seed=3)))
-    m_voc = evaluate_detections(voc, [dets_by_name[r.image_path.name] for r in voc.records], plots=False)
-    m_coco = evaluate_detections(coco, [dets_by_name[r.image_path.name] for r in coco.records], plots=False)
+    m_voc = score_detections(voc, [dets_by_name[r.image_path.name] for r in voc.records], plots=False)
+    m_coco = score_detections(coco, [dets_by_name[r.image_path.name] for r in coco.records], plots=False)
     assert 0.1 < m_voc.metrics["AP"] < 0.9
     assert m_voc.metrics == m_coco.metrics
     assert [(r["AP"], r["AP50"], r["instances"]) for r in m_voc.per_class] == [
@@ -442,7 +435,7 @@ def test_evaluate_loop_writes_every_promised_file(raccoon, tiny_model, tmp_path)
     ds = raccoon_dataset(raccoon)
     tiny_model.train()
     out = tmp_path / "eval"
-    report = run_evaluation(tiny_model, ds, batch_size=3, out_dir=out, progress=False, max_images=6)
+    report = evaluate(tiny_model, ds, EvalConfig(batch_size=3), out_dir=out, progress=False, max_images=6)
     assert tiny_model.training  # training mode restored
     assert list(report.metrics) == list(METRIC_NAMES) and all(isinstance(v, float) for v in report.metrics.values())
 
@@ -477,11 +470,22 @@ def test_evaluate_loop_writes_every_promised_file(raccoon, tiny_model, tmp_path)
 
 def test_evaluate_returns_flat_metrics_and_writes_no_plots_when_off(raccoon, tiny_model, tmp_path):
     ds = raccoon_dataset(raccoon)
-    m0 = evaluate(tiny_model, ds, batch_size=2, progress=False, max_images=4)
-    m1 = evaluate(tiny_model, ds, batch_size=4, workers=1, out_dir=tmp_path, plots=False, progress=False, max_images=4)
+    m0 = evaluate(tiny_model, ds, EvalConfig(batch_size=2), progress=False, max_images=4).metrics
+    m1 = evaluate(tiny_model, ds, EvalConfig(batch_size=4, workers=1), out_dir=tmp_path, plots=False, progress=False, max_images=4).metrics
     assert m0 == m1 and list(m0) == list(METRIC_NAMES)  # batch size and worker processes change nothing
     assert not list(tmp_path.rglob("*.png"))
     assert {p.name for p in tmp_path.iterdir()} == {"ground_truth.json", "detections.json", "metrics.json", "per_class.csv", "per_class.txt"}
+
+
+def test_conf_applies_to_this_evaluation_only(raccoon, tiny_model):
+    ds = raccoon_dataset(raccoon)
+    before = tiny_model.cfg.postprocess.score_thresh
+    scores = lambda report: sorted(a["score"] for a in report.cocoeval.cocoDt.anns.values())  # noqa: E731
+    every = scores(evaluate(tiny_model, ds, progress=False, max_images=2))
+    conf = float(np.median(every))
+    kept = scores(evaluate(tiny_model, ds, EvalConfig(conf=conf), progress=False, max_images=2))
+    assert tiny_model.cfg.postprocess.score_thresh == before  # the model's config is not written
+    assert 0 < len(kept) < len(every) and min(kept) >= conf - 1e-5
 
 
 def test_evaluate_rejects_bad_input(raccoon, tiny_model):
@@ -499,7 +503,7 @@ def test_a_broken_image_is_one_clear_error_even_from_a_worker(tiny_model, tmp_pa
     ds = DetectionDataset([broken], ["raccoon"], [0], tmp_path, "voc")
     for workers in (0, 1):
         with pytest.raises(ImageError) as info:
-            evaluate(tiny_model, ds, workers=workers, progress=False)
+            evaluate(tiny_model, ds, EvalConfig(workers=workers), progress=False)
         message = str(info.value)
         assert "broken.jpg: cannot decode image" in message and "\n" not in message, (workers, message)
 
@@ -537,7 +541,7 @@ def test_eval_command(raccoon, tiny_model, tmp_path, capsys):
 
 
 def test_training_curves_from_a_log_with_missing_validation(tmp_path):
-    from retinanet.plots import plot_training_curves, read_results_csv
+    from retinanet.history import plot_training_curves, read_results_csv
 
     log = tmp_path / "results.csv"
     log.write_text(

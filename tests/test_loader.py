@@ -7,7 +7,7 @@ import torch
 from retinanet.config import AugmentConfig, preset
 from retinanet.data import DetectionDataset, Record, load_dataset
 from retinanet.data.loader import AugmentedDataset, Batch, build_loader, collate, sample_seed
-from retinanet.matcher import CROWD_LABEL, PAD_LABEL
+from retinanet.data.labels import CROWD_LABEL, PAD_LABEL
 from retinanet.model import build_model
 
 

@@ -5,7 +5,8 @@ from torchvision.ops import generalized_box_iou_loss, sigmoid_focal_loss as tv_f
 from retinanet.boxes import BoxCoder
 from retinanet.config import LossConfig
 from retinanet.losses import DetectionLoss, sigmoid_focal_loss
-from retinanet.matcher import BACKGROUND, CROWD_LABEL, IGNORE, PAD_LABEL
+from retinanet.data.labels import CROWD_LABEL, PAD_LABEL
+from retinanet.matcher import BACKGROUND, IGNORE
 
 
 def test_focal_loss_equals_torchvision():

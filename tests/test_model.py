@@ -6,7 +6,7 @@ import torch
 from retinanet.config import PRESETS, preset
 from retinanet.data.images import read_image
 from retinanet.heads import RetinaHead
-from retinanet.matcher import PAD_LABEL
+from retinanet.data.labels import PAD_LABEL
 from retinanet.model import build_model
 from retinanet.preprocess import letterbox
 

@@ -24,7 +24,7 @@ from retinanet.model import build_model
 from retinanet.pretrain import (
     FORMAT,
     CropConfig,
-    NonFiniteError,
+    NonFiniteLossError,
     PretrainConfig,
     build_optimizer,
     build_pretrain_model,
@@ -237,13 +237,13 @@ def test_too_few_images_for_a_batch(tmp_path):
 
 def test_lr_schedule_hand_computed():
     # 4 warmup steps of 12: 1/4, 2/4, 3/4, 4/4, then cosine over the remaining 8 steps.
-    assert [lr_factor(s, 4, 12) for s in range(4)] == [0.25, 0.5, 0.75, 1.0]
-    assert lr_factor(4, 4, 12) == 1.0
-    assert lr_factor(8, 4, 12) == pytest.approx(0.5)  # halfway: (1 + cos(pi / 2)) / 2
-    assert lr_factor(6, 4, 12) == pytest.approx((1 + math.cos(math.pi / 4)) / 2)
-    assert lr_factor(12, 4, 12, final_ratio=0.1) == pytest.approx(0.1)
-    assert lr_factor(8, 4, 12, final_ratio=0.1) == pytest.approx(0.1 + 0.9 * 0.5)
-    assert lr_factor(0, 0, 10) == 1.0  # no warmup: start at the peak
+    assert [lr_factor(s, 12, 4) for s in range(4)] == [0.25, 0.5, 0.75, 1.0]
+    assert lr_factor(4, 12, 4) == 1.0
+    assert lr_factor(8, 12, 4) == pytest.approx(0.5)  # halfway: (1 + cos(pi / 2)) / 2
+    assert lr_factor(6, 12, 4) == pytest.approx((1 + math.cos(math.pi / 4)) / 2)
+    assert lr_factor(12, 12, 4, min_ratio=0.1) == pytest.approx(0.1)
+    assert lr_factor(8, 12, 4, min_ratio=0.1) == pytest.approx(0.1 + 0.9 * 0.5)
+    assert lr_factor(0, 10, 0) == 1.0  # no warmup: start at the peak
 
     model = torch.nn.Linear(2, 2)
     cfg = PretrainConfig(lr=0.4, epochs=3, warmup_epochs=1.0, final_lr_ratio=0.0)
@@ -434,7 +434,7 @@ def test_non_finite_loss_stops_training(crops, tmp_path):
     model = build_pretrain_model(cfg.backbone, cfg.width, cfg.weights, sorted(CLASSES))
     with torch.no_grad():
         model.classifier[1].bias[0] = float("nan")  # e.g. a corrupt weights file
-    with pytest.raises(NonFiniteError, match=r"non-finite loss \(nan\) at step 1/"):
+    with pytest.raises(NonFiniteLossError, match=r"non-finite loss \(nan\) at step 1/"):
         pretrain(data_dir, cfg, tmp_path / "nan", model=model, progress=False)
     assert not (tmp_path / "nan" / "last.pth").exists()
 

@@ -14,7 +14,7 @@ from retinanet.data.dataset import DetectionDataset, Record
 from retinanet.data.loader import AugmentedDataset
 from retinanet.data.mosaic import mosaic
 from retinanet.data.transforms import CropOrPad, DetectionTransforms, make_sample, unpack
-from retinanet.matcher import CROWD_LABEL
+from retinanet.data.labels import CROWD_LABEL
 from retinanet.preprocess import letterbox
 
 RED, GREEN, BLUE, YELLOW = (255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 0)

@@ -19,7 +19,7 @@ from torch import Tensor
 @torch.library.custom_op("retinanet::index_div", mutates_args=())
 def index_div(index: Tensor, divisor: int) -> Tensor:
     """index // divisor for non-negative int64 indices: there floor and truncating division
-    agree, so ONNX export lowers this to one integer Div (export.py), where torch.onnx's
+    agree, so ONNX export lowers this to one integer Div (export/ops.py), where torch.onnx's
     generic floor division emits a dozen sign-correcting nodes (and ``%`` of a symbolic
     size does not export at all)."""
     return torch.div(index, divisor, rounding_mode="floor")

@@ -30,7 +30,10 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from .data.images import IMAGE_SUFFIXES, open_image, to_rgb
+from .data.coco import coco_results
+from .data.images import IMAGE_SUFFIXES, read_image, to_rgb, to_uint8
+from .data.yolo import yolo_line
+from .draw import class_color, draw_boxes
 
 ONNX_SUFFIXES = (".onnx",)
 CHECKPOINT_SUFFIXES = (".pt", ".pth", ".ckpt")
@@ -60,20 +63,13 @@ class Result:
 
     def to_coco(self, image_id: int) -> list[dict[str, Any]]:
         """COCO results entries: bbox [x, y, w, h], the dataset's category id, score."""
-        out = []
-        for (x1, y1, x2, y2), s, c in zip(self.boxes.tolist(), self.scores.tolist(), self.category_ids):
-            out.append({"image_id": int(image_id), "category_id": int(c), "bbox": [x1, y1, x2 - x1, y2 - y1], "score": s})
-        return out
+        return coco_results(image_id, self.boxes, self.scores, self.category_ids)
 
     def to_yolo(self, with_score: bool = False) -> list[str]:
         """YOLO txt lines: ``label cx cy w h`` normalised by the image size (+ score)."""
         h, w = self.image_size
-        lines = []
-        for (x1, y1, x2, y2), s, label in zip(self.boxes.tolist(), self.scores.tolist(), self.labels.tolist()):
-            vals = [(x1 + x2) / 2 / w, (y1 + y2) / 2 / h, (x2 - x1) / w, (y2 - y1) / h]
-            line = f"{label} " + " ".join(f"{v:.6f}" for v in vals)
-            lines.append(line + (f" {s:.5f}" if with_score else ""))
-        return lines
+        scores = self.scores.tolist() if with_score else [None] * len(self)
+        return [yolo_line(label, box, w, h, s) for box, label, s in zip(self.boxes.tolist(), self.labels.tolist(), scores)]
 
 
 # ----------------------------------------------------------------------------- inputs
@@ -149,7 +145,7 @@ def load_inputs(source: Any) -> tuple[list[Tensor], list[str | None], bool]:
     if isinstance(source, (str, Path)):
         files = expand_images(source)
         single = len(files) == 1 and Path(source).is_file()
-        return [_file_to_chw(p) for p in files], [str(p) for p in files], single
+        return [read_image(p) for p in files], [str(p) for p in files], single
     if isinstance(source, Image.Image):
         return [_array_to_chw(np.asarray(to_rgb(source)), "PIL image")], [None], True
     if isinstance(source, np.ndarray):
@@ -168,11 +164,6 @@ def load_inputs(source: Any) -> tuple[list[Tensor], list[str | None], bool]:
             names += nms
         return images, names, False
     raise ValueError(f"cannot predict on a {type(source).__name__}: give a path, PIL image, numpy array, tensor or a list")
-
-
-def _file_to_chw(path: Path) -> Tensor:
-    arr = np.asarray(open_image(path), dtype=np.uint8)
-    return torch.from_numpy(arr.copy()).permute(2, 0, 1)  # (H, W, 3) -> (3, H, W)
 
 
 # ----------------------------------------------------------------------------- backends
@@ -200,7 +191,7 @@ class _OnnxBackend:
     def __init__(self, path: Path, threads: int | None, spin: bool = True):
         import onnxruntime as ort
 
-        from .export import IOU_INPUT, SCORE_INPUT, read_metadata
+        from .export.metadata import IOU_INPUT, SCORE_INPUT, read_metadata
 
         self.meta = read_metadata(path)
         opts = ort.SessionOptions()
@@ -242,9 +233,8 @@ class _OnnxBackend:
 
 
 def _to_hwc_uint8(t: Tensor) -> np.ndarray:
-    if t.dtype != torch.uint8:
-        t = (t * 255).round().clamp(0, 255).to(torch.uint8)
-    # numpy, not torch: a torch op here would wake PyTorch's OpenMP threads, which then spin
+    t = to_uint8(t)
+    # uint8 input (the usual case) stays in numpy, not torch: a torch op here would wake PyTorch's OpenMP threads, which then spin
     # on the cores ONNX Runtime is about to use (bench/inference.py: 11.6 -> 10.1 ms on 2 cores).
     return np.ascontiguousarray(t.numpy().transpose(1, 2, 0))  # (3, H, W) -> (H, W, 3)
 
@@ -407,38 +397,16 @@ def _check_max_det(n: int) -> int:
 # ----------------------------------------------------------------------------- drawing
 
 
-def annotate(image: Tensor | np.ndarray, result: Result, width: int = 2) -> np.ndarray:
+def annotate(image: Tensor | np.ndarray, result: Result) -> np.ndarray:
     """The image (3, H, W) tensor or (H, W, 3) array with boxes and ``name score`` labels
-    drawn (torchvision.utils.draw_bounding_boxes); returns (H, W, 3) uint8 RGB."""
-    from torchvision.utils import draw_bounding_boxes
-
+    drawn in the class palette (draw.py, shared with the evaluation plots); returns
+    (H, W, 3) uint8 RGB."""
     if isinstance(image, np.ndarray):
         image = _array_to_chw(image, "image")
-    if image.dtype != torch.uint8:
-        image = (image * 255).round().clamp(0, 255).to(torch.uint8)
-    if len(result):
-        colours = [_colour(int(label)) for label in result.labels.tolist()]
-        text = [f"{n} {s:.2f}" for n, s in zip(result.names, result.scores.tolist())]
-        # White text on a box of the class colour: readable on any photo.
-        image = draw_bounding_boxes(
-            image,
-            torch.from_numpy(result.boxes),
-            labels=text,
-            colors=colours,
-            width=width,
-            label_colors="white",
-            label_background_colors=colours,
-            fill_labels=True,
-        )
-    return image.permute(1, 2, 0).contiguous().numpy()  # (3, H, W) -> (H, W, 3)
-
-
-def _colour(label: int) -> tuple[int, int, int]:
-    # Golden-ratio hue steps: neighbouring class indices get clearly different colours.
-    import colorsys
-
-    r, g, b = colorsys.hsv_to_rgb((label * 0.618033988749895) % 1.0, 0.85, 0.95)
-    return int(r * 255), int(g * 255), int(b * 255)
+    text = [f"{n} {s:.2f}" for n, s in zip(result.names, result.scores.tolist())]
+    colors = [class_color(label) for label in result.labels.tolist()]
+    drawn = draw_boxes(to_uint8(image), torch.from_numpy(result.boxes), text, colors)
+    return drawn.permute(1, 2, 0).contiguous().numpy()  # (3, H, W) -> (H, W, 3)
 
 
 __all__ = ["Detector", "Result", "annotate", "expand_images", "load_inputs"]

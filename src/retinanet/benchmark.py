@@ -1,4 +1,4 @@
-"""`retinanet benchmark`: latency and throughput of one model on every runtime, end to end
+"""Latency and throughput of one model on every runtime (`retinanet benchmark`), end to end
 from a decoded image (uint8 RGB) to final boxes in its pixels, beside the
 torchvision-assembled peer measured in the same run.
 
@@ -16,7 +16,6 @@ medians and the ratios to the peer are what to read on a shared machine.
 
 from __future__ import annotations
 
-import argparse
 import copy
 import os
 import platform
@@ -25,32 +24,13 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
-RUNTIMES = ("eager", "torchscript", "compile", "onnx", "int8")
-DEFAULT_RUNTIMES = ("eager", "torchscript", "onnx", "int8")
-
-
-@dataclass
-class BenchConfig:
-    sizes: tuple[int, ...] = (320,)
-    """Input sizes (square side) to measure."""
-    batch: int = 1
-    """Images per call."""
-    num_classes: int = 80
-    """Classes of a --preset model (a checkpoint brings its own)."""
-    repeats: int = 20
-    """Rounds; each runs every runtime BLOCK times back to back (the first call not counted)."""
-    warmup: int = 3
-    """Untimed calls per runtime first."""
-    threads: int = 2
-    """torch and ONNX Runtime intra-op threads."""
-
+from .config.export import DEFAULT_RUNTIMES, RUNTIMES, BenchConfig, ExportConfig, QuantizeConfig
 
 # Calls per runtime per round. The runtimes alternate block by block (a burst of load from
 # other processes hits them all alike), and the first call of each block is not counted:
@@ -147,7 +127,7 @@ def compiled_runner(model, size: int):
 def build_runners(model, size: int, runtimes: tuple[str, ...], workdir: Path, calibration: list[Path] | None, image: np.ndarray, threads: int):
     """name -> function(list of (3, H, W) uint8 tensors) for each requested runtime."""
     from .api import Detector
-    from .export import ExportConfig, QuantizeConfig, export_onnx, quantize_int8
+    from .export import export_onnx, quantize_int8
 
     runners: dict[str, Callable] = {}
     # Batch norms folded, as Detector("model.pt") does; the caller's model stays trainable.
@@ -258,51 +238,25 @@ def machine_line(threads: int) -> str:
     )
 
 
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    d = BenchConfig()
-    p.add_argument("--model", help="checkpoint (.pt) to measure; default: an untrained --preset model")
-    p.add_argument("--preset", default="default", help="preset measured without --model (default: default)")
-    p.add_argument("--classes", type=int, default=d.num_classes, help=f"classes of the preset model (default {d.num_classes})")
-    p.add_argument("--sizes", type=int, nargs="+", default=list(d.sizes), help="input sizes (default 320)")
-    p.add_argument("--batch", type=int, default=d.batch, help="images per call (default 1)")
-    p.add_argument("--runtimes", nargs="+", default=list(DEFAULT_RUNTIMES), choices=list(RUNTIMES), help="runtimes to measure")
-    p.add_argument("--compile", action="store_true", help="also measure torch.compile (slow to build)")
-    p.add_argument("--no-peer", action="store_true", help="skip the torchvision peer")
-    p.add_argument("--image", help="photo to run on (default: a synthetic 640x480 scene)")
-    p.add_argument("--calibration", help="int8 calibration images, folder or glob (default: the benchmark image)")
-    p.add_argument("--repeats", type=int, default=d.repeats, help=f"rounds of {BLOCK} calls per runtime (default {d.repeats})")
-    p.add_argument("--threads", type=int, default=d.threads, help=f"intra-op threads (default {d.threads})")
-
-
-def run(args: argparse.Namespace) -> int:
-    from .api import expand_images
-    from .config import preset
-
-    runtimes = tuple(args.runtimes) + (("compile",) if args.compile and "compile" not in args.runtimes else ())
-    calibration = expand_images(args.calibration) if args.calibration else None
-    if args.model:
+def model_factory(checkpoint: str | None, preset_name: str, num_classes: int) -> Callable[[int], torch.nn.Module]:
+    """input size -> the model to measure: the checkpoint's (loaded once now, so a bad
+    path fails before the peer is built) or an ImageNet-initialised preset model."""
+    if checkpoint:
         from .checkpoint import model_from_checkpoint
 
-        model_from_checkpoint(args.model)  # fail now, not after the peer is built
+        model_from_checkpoint(checkpoint)  # fail now, not after the peer is built
 
-        def factory(size: int):
-            m = model_from_checkpoint(args.model)
+        def from_checkpoint(size: int) -> torch.nn.Module:
+            m = model_from_checkpoint(checkpoint)
             m.cfg.input_size = size
             return m
-    else:
-        from .model import build_model
 
-        def factory(size: int):
-            # ImageNet backbone weights: random ones make activations vanish into slow denormals.
-            return build_model(preset(args.preset, num_classes=args.classes, input_size=size))
+        return from_checkpoint
+    from .config import preset
+    from .model import build_model
 
-    cfg = BenchConfig(sizes=tuple(args.sizes), batch=args.batch, num_classes=args.classes, repeats=args.repeats, threads=args.threads)
-    _, image_name = test_image(args.image)
-    rows = benchmark(factory, cfg, runtimes, peer=not args.no_peer, image_path=args.image, calibration=calibration)
-    print(f"machine: {machine_line(args.threads)}")
-    print(
-        f"end to end from a decoded {image_name} image to final boxes; median of {args.repeats} rounds x "
-        f"{BLOCK - 1} steady-state calls per runtime, runtimes interleaved round by round\n"
-    )
-    print(format_rows(rows, args.batch))
-    return 0
+    def from_preset(size: int) -> torch.nn.Module:
+        # ImageNet backbone weights: random ones make activations vanish into slow denormals.
+        return build_model(preset(preset_name, num_classes=num_classes, input_size=size))
+
+    return from_preset

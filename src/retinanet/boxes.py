@@ -13,6 +13,15 @@ from torch import Tensor
 DELTA_CLAMP = math.log(1000.0 / 16)
 
 
+def _size_centre(boxes: Tensor, min_size: float | None = None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """xyxy (..., 4) -> width, height, centre x, centre y (each (...)); sides clamped to min_size."""
+    w = boxes[..., 2] - boxes[..., 0]
+    h = boxes[..., 3] - boxes[..., 1]
+    if min_size is not None:
+        w, h = w.clamp(min=min_size), h.clamp(min=min_size)
+    return w, h, boxes[..., 0] + 0.5 * w, boxes[..., 1] + 0.5 * h
+
+
 class BoxCoder:
     """Encodes boxes as (dx, dy, dw, dh) offsets from anchors, each divided by ``weights``."""
 
@@ -23,14 +32,8 @@ class BoxCoder:
     def encode(self, boxes: Tensor, anchors: Tensor) -> Tensor:
         """boxes, anchors (..., 4) xyxy -> deltas (..., 4)."""
         wx, wy, ww, wh = self.weights
-        aw = anchors[..., 2] - anchors[..., 0]
-        ah = anchors[..., 3] - anchors[..., 1]
-        ax = anchors[..., 0] + 0.5 * aw
-        ay = anchors[..., 1] + 0.5 * ah
-        bw = (boxes[..., 2] - boxes[..., 0]).clamp(min=1e-6)
-        bh = (boxes[..., 3] - boxes[..., 1]).clamp(min=1e-6)
-        bx = boxes[..., 0] + 0.5 * bw
-        by = boxes[..., 1] + 0.5 * bh
+        aw, ah, ax, ay = _size_centre(anchors)
+        bw, bh, bx, by = _size_centre(boxes, min_size=1e-6)
         return torch.stack(
             [wx * (bx - ax) / aw, wy * (by - ay) / ah, ww * torch.log(bw / aw), wh * torch.log(bh / ah)], dim=-1
         )
@@ -38,10 +41,7 @@ class BoxCoder:
     def decode(self, deltas: Tensor, anchors: Tensor) -> Tensor:
         """deltas (..., 4), anchors broadcastable (..., 4) -> boxes (..., 4) xyxy."""
         wx, wy, ww, wh = self.weights
-        aw = anchors[..., 2] - anchors[..., 0]
-        ah = anchors[..., 3] - anchors[..., 1]
-        ax = anchors[..., 0] + 0.5 * aw
-        ay = anchors[..., 1] + 0.5 * ah
+        aw, ah, ax, ay = _size_centre(anchors)
         cx = deltas[..., 0] / wx * aw + ax
         cy = deltas[..., 1] / wy * ah + ay
         w = torch.exp((deltas[..., 2] / ww).clamp(max=self.clamp)) * aw

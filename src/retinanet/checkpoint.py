@@ -1,6 +1,10 @@
 """Checkpoints: plain dicts written atomically, read with torch.load(weights_only=True).
 
-Keys: format, model (state dict), ema (state dict or absent), config (nested dict of the
+Two kinds, each stamped with its format: the detector's (``retinanet train``, FORMAT) and
+the backbone classifier's (``retinanet pretrain``, PRETRAIN_FORMAT; its keys are listed in
+retinanet/pretrain/__init__.py).
+
+Detector keys: format, model (state dict), ema (state dict or absent), config (nested dict of the
 run's resolved config, with 'model' the ModelConfig), class_names, category_ids (the
 dataset's own id of each contiguous label), epoch, step, optimizer, scheduler, rng,
 metrics. Inference prefers the EMA weights when they are present.
@@ -18,6 +22,7 @@ import torch
 from .config import ModelConfig, from_dict
 
 FORMAT = "retinanet-mobilenet/1"
+PRETRAIN_FORMAT = "retinanet-mobilenet-pretrain/1"
 
 
 def atomic_save(obj: Any, path: str | Path) -> Path:
@@ -59,6 +64,15 @@ def read_stamped(path: str | Path, fmt: str, key: str, what: str, map_location: 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     return read_stamped(path, FORMAT, "model", "checkpoint", map_location)
+
+
+def save_pretrain_checkpoint(state: dict[str, Any], path: str | Path) -> Path:
+    """A pretrained classifier, stamped with PRETRAIN_FORMAT, written atomically."""
+    return atomic_save({"format": PRETRAIN_FORMAT, **state}, path)
+
+
+def load_pretrain_checkpoint(path: str | Path) -> dict[str, Any]:
+    return read_stamped(path, PRETRAIN_FORMAT, "classifier_state", "pretrain checkpoint (written by `retinanet pretrain`)")
 
 
 def model_from_checkpoint(path_or_state: str | Path | dict[str, Any], use_ema: bool = True):

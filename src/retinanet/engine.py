@@ -1,4 +1,6 @@
-"""Training: optimiser, schedule, EMA, mixed precision, checkpoints, resume, torchrun.
+"""The detector's training run: the Trainer assembles model, data, optimiser, schedule,
+EMA, mixed precision, checkpoints, resume and torchrun from the shared stack
+(optim.py, runtime.py, checkpoint.py, history.py) and runs the epochs.
 
 The loop knows the model only through ``model(images)`` -> raw outputs,
 ``model.loss(outputs, image_hw, boxes, labels)`` -> dict of losses and
@@ -8,132 +10,31 @@ The loop knows the model only through ``model(images)`` -> raw outputs,
 from __future__ import annotations
 
 import copy
-import csv
-import math
-import os
-import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-import numpy as np
 import torch
 import torch.distributed as dist
-from torch import nn
+from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.optim.swa_utils import AveragedModel
 from tqdm import tqdm
 
 from .checkpoint import load_checkpoint, save_checkpoint
-from .config import ModelConfig, RunConfig, TrainConfig, from_dict, save_yaml, to_dict
+from .config import DataConfig, ModelConfig, RunConfig, TrainConfig, from_dict, save_yaml, to_dict
 from .data.dataset import DetectionDataset
+from .history import write_results_csv
 from .model import RetinaNet
+from .optim import NonFiniteLossError, build_optimizer, clip_gradients, ema_avg_fn, non_finite, warmup_cosine
+from .runtime import amp_dtype, resolve_device, resolve_workers, rng_state, seed_everything, set_rng_state, setup_distributed
 
 FITNESS_KEY = "AP"  # checkpoint "best" = highest COCO AP@[.5:.95] on the validation split
+LOSS_KEYS = ("loss", "cls", "box")  # of model.loss, averaged over an epoch's images into train_*
 
 
-# ----------------------------------------------------------------------------- processes and devices
-
-
-@dataclass
-class Dist:
-    rank: int = 0
-    world_size: int = 1
-    local_rank: int = 0
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-    @property
-    def enabled(self) -> bool:
-        return self.world_size > 1
-
-
-def setup_distributed(device_name: str) -> Dist:
-    """Join the process group torchrun describes in the environment (a no-op without torchrun)."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return Dist()
-    rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
-    if not dist.is_initialized():
-        cuda = device_name != "cpu" and torch.cuda.is_available()
-        if cuda:
-            torch.cuda.set_device(local)
-        dist.init_process_group(backend="nccl" if cuda else "gloo")
-    return Dist(rank, world, local)
-
-
-def resolve_device(name: str, d: Dist) -> torch.device:
-    if name == "auto":
-        return torch.device(f"cuda:{d.local_rank}" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"train.device={name} but CUDA is not available on this machine")
-    if device.type == "cuda" and d.enabled:
-        device = torch.device(f"cuda:{d.local_rank}")
-    return device
-
-
-def amp_dtype(mode: str, device: torch.device) -> torch.dtype | None:
-    """Autocast dtype, or None for full precision. 'auto' uses bf16 where the hardware has
-    it natively (CUDA with bf16, CPUs with AVX512-BF16/AMX), and full precision elsewhere."""
-    if mode == "off":
-        return None
-    if mode == "fp16":
-        if device.type != "cuda":
-            raise ValueError("train.amp=fp16 needs CUDA; use bf16 or off on a CPU")
-        return torch.float16
-    if mode == "bf16":
-        return torch.bfloat16
-    if mode != "auto":
-        raise ValueError(f"train.amp must be auto, off, bf16 or fp16, not {mode!r}")
-    if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return None  # measured: bf16 autocast is slower than fp32 for depthwise convs on CPU (see BENCHMARKS.md)
-
-
-# ----------------------------------------------------------------------------- optimiser, schedule, EMA
-
-
-def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
-    """Weight decay on conv / linear weights only: decaying norms and biases only hurts."""
-    decay, no_decay = [], []
-    for p in model.parameters():
-        (decay if p.ndim > 1 else no_decay).append(p)
-    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    if cfg.optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=True)
-    if cfg.optimizer == "adamw":
-        return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.momentum, 0.999))
-    raise ValueError(f"train.optimizer must be 'sgd' or 'adamw', not {cfg.optimizer!r}")
-
-
-def lr_factor(step: int, total_steps: int, warmup_steps: int, warmup_factor: float, min_ratio: float) -> float:
-    """Linear warmup from warmup_factor to 1, then cosine decay from 1 to min_ratio."""
-    if step < warmup_steps:
-        return warmup_factor + (1 - warmup_factor) * step / warmup_steps
-    t = (step - warmup_steps) / max(1, total_steps - warmup_steps)
-    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
-
-
-def ema_avg_fn(decay: float, tau: float) -> Callable:
-    """multi_avg_fn for AveragedModel: EMA whose decay ramps up as decay * (1 - exp(-n / tau))
-    (as YOLOv5 / timm do), so the average is usable after the first epochs; integer
-    buffers (batch norm counters) are copied."""
-
-    def fn(averaged: list[torch.Tensor], current: list[torch.Tensor], num_averaged: torch.Tensor) -> None:
-        if not averaged[0].is_floating_point():
-            torch._foreach_copy_(averaged, current)
-            return
-        d = decay * (1 - math.exp(-float(num_averaged) / tau))
-        torch._foreach_lerp_(averaged, current, 1 - d)
-
-    return fn
-
-
-# ----------------------------------------------------------------------------- data
+# ----------------------------------------------------------------------------- data and run folder
 
 
 def load_split(cfg: RunConfig, split: str, progress: bool = True) -> DetectionDataset:
@@ -171,13 +72,6 @@ def resolve_val_split(cfg: RunConfig) -> str | None:
     return cfg.data.train_split
 
 
-def resolve_workers(n: int) -> int:
-    if n >= 0:
-        return n
-    cores = os.cpu_count() or 1
-    return 0 if cores <= 2 else min(4, cores - 1)
-
-
 def next_run_dir(out: str, name: str) -> Path:
     base = Path(out)
     if name:
@@ -200,34 +94,13 @@ class TrainResult:
     images_per_second: float = 0.0
 
 
-class NonFiniteLossError(RuntimeError):
-    pass
-
-
-def _rng_state() -> dict[str, Any]:
-    return {
-        "torch": torch.get_rng_state(),
-        "python": random.getstate(),
-        "numpy": [int(x) if not isinstance(x, np.ndarray) else x.tolist() for x in np.random.get_state()[1:]],
-    }
-
-
-def _set_rng_state(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    random.setstate(tuple(tuple(x) if isinstance(x, list) else x for x in state["python"]))
-    keys, pos, has_gauss, cached = state["numpy"]
-    np.random.set_state(("MT19937", np.array(keys, dtype=np.uint32), pos, has_gauss, cached))
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
 class Trainer:
     """One training run. ``fit()`` trains to ``cfg.train.epochs``; ``Trainer.resume(run_dir)``
-    rebuilds a run from its last checkpoint and continues it exactly."""
+    rebuilds a run from its last checkpoint and continues it exactly.
+
+    The Trainer works on a copy of ``cfg`` (it fills in the dataset's class count), so the
+    caller's config is left as it was; the run's config.yaml and checkpoints hold the copy.
+    """
 
     def __init__(
         self,
@@ -239,51 +112,73 @@ class Trainer:
         val_data: DetectionDataset | None = None,
         load_backbone_weights: bool = True,
     ):
-        self.cfg = cfg
+        self.cfg = cfg = copy.deepcopy(cfg)
         self.progress = progress
         self.on_step = on_step  # called after every optimiser step (tests use it to interrupt)
         t = cfg.train
         self.dist = setup_distributed(t.device)
-        self.device = resolve_device(t.device, self.dist)
+        self.device = resolve_device(t.device, self.dist, setting="train.device")
         self.amp = amp_dtype(t.amp, self.device)
         seed_everything(t.seed)
-
-        main = self.dist.is_main
-        # Rank 0 reads (and for the synthetic set, renders) the data first; the others follow.
-        if main or train_data is not None:
-            self.train_data = train_data or load_split(cfg, cfg.data.train_split, progress)
-        self._barrier()
-        if not main and train_data is None:
-            self.train_data = load_split(cfg, cfg.data.train_split, progress=False)
-        self.val_data = val_data
-        val_split = resolve_val_split(cfg) if val_data is None and main else None
-        if val_split is not None:
-            self.val_data = load_split(cfg, val_split, progress)
-        if len(self.train_data) == 0:
-            raise ValueError(f"{cfg.data.source}: split {cfg.data.train_split!r} has no images")
-
+        self._load_data(train_data, val_data)
         cfg.model.num_classes = self.train_data.num_classes
-        model_cfg = copy.deepcopy(cfg.model)
-        if not load_backbone_weights:
-            model_cfg.backbone.weights = "checkpoint"  # a checkpoint will supply every weight
-        self.model = RetinaNet(
-            model_cfg, class_names=self.train_data.class_names, category_ids=self.train_data.category_ids
-        ).to(self.device)
-        if t.sync_bn and self.dist.enabled:
-            if self.device.type != "cuda":
-                raise ValueError("train.sync_bn needs CUDA (torch's SyncBatchNorm has no CPU kernel)")
-            self.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
-        self.optimizer = build_optimizer(self.model, t)
+        self.model = self._build_model(load_backbone_weights)
+        self.optimizer = build_optimizer(self.model, t.optimizer, t.lr, t.momentum, t.weight_decay)
         self.ema = (
             AveragedModel(self.model, multi_avg_fn=ema_avg_fn(t.ema_decay, t.ema_tau), use_buffers=True)
             if t.ema_decay > 0
             else None
         )
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp == torch.float16)
+        self.loader = self._build_loader()
+        self.steps_per_epoch = len(self.loader)
+        self.total_steps = self.steps_per_epoch * t.epochs
+        self.warmup_steps = int(round(t.warmup_epochs * self.steps_per_epoch))
+        self.scheduler = warmup_cosine(self.optimizer, self.total_steps, self.warmup_steps, t.warmup_factor, t.min_lr_ratio)
+        self.epoch = 0  # completed epochs
+        self.step = 0  # optimiser steps taken
+        self.best_fitness = -1.0
+        self.history: list[dict[str, float]] = []
+        self.run_dir = self._make_run_dir(run_dir)
+        self.ddp: nn.Module = self.model
+        self._wrap()
+        if self.dist.is_main:
+            self._report_data()
 
+    # -- building
+
+    def _load_data(self, train_data: DetectionDataset | None, val_data: DetectionDataset | None) -> None:
+        """Rank 0 reads (and for the synthetic set, renders) the data first; the others follow."""
+        cfg, main = self.cfg, self.dist.is_main
+        if main or train_data is not None:
+            self.train_data = train_data or load_split(cfg, cfg.data.train_split, self.progress)
+        self._barrier()
+        if not main and train_data is None:
+            self.train_data = load_split(cfg, cfg.data.train_split, progress=False)
+        self.val_data = val_data
+        val_split = resolve_val_split(cfg) if val_data is None and main else None
+        if val_split is not None:
+            self.val_data = load_split(cfg, val_split, self.progress)
+        if len(self.train_data) == 0:
+            raise ValueError(f"{cfg.data.source}: split {cfg.data.train_split!r} has no images")
+
+    def _build_model(self, load_backbone_weights: bool) -> RetinaNet:
+        model_cfg = copy.deepcopy(self.cfg.model)
+        if not load_backbone_weights:
+            model_cfg.backbone.weights = "checkpoint"  # a checkpoint will supply every weight
+        data = self.train_data
+        model = RetinaNet(model_cfg, class_names=data.class_names, category_ids=data.category_ids).to(self.device)
+        if self.cfg.train.sync_bn and self.dist.enabled:
+            if self.device.type != "cuda":
+                raise ValueError("train.sync_bn needs CUDA (torch's SyncBatchNorm has no CPU kernel)")
+            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        return model
+
+    def _build_loader(self):
         from .data.loader import build_loader
 
-        self.loader = build_loader(
+        cfg, t = self.cfg, self.cfg.train
+        return build_loader(
             self.train_data,
             cfg.model.input_size,
             train=True,
@@ -294,22 +189,6 @@ class Trainer:
             distributed=self.dist.enabled,
             drop_last=len(self.train_data) >= t.batch_size * self.dist.world_size,
         )
-        self.steps_per_epoch = len(self.loader)
-        self.total_steps = self.steps_per_epoch * t.epochs
-        self.warmup_steps = int(round(t.warmup_epochs * self.steps_per_epoch))
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer,
-            lambda step: lr_factor(step, self.total_steps, self.warmup_steps, t.warmup_factor, t.min_lr_ratio),
-        )
-        self.epoch = 0  # completed epochs
-        self.step = 0  # optimiser steps taken
-        self.best_fitness = -1.0
-        self.history: list[dict[str, float]] = []
-        self.run_dir = self._make_run_dir(run_dir)
-        self.ddp: nn.Module = self.model
-        self._wrap()
-        if main:
-            self._report_data()
 
     def _report_data(self) -> None:
         """Say what the data checks fixed or warned about, and keep the full reports."""
@@ -366,7 +245,7 @@ class Trainer:
             "step": self.step,
             "best_fitness": self.best_fitness,
             "history": self.history,
-            "rng": _rng_state(),
+            "rng": rng_state(),
             "config": to_dict(self.cfg),
             "class_names": self.model.class_names,
             "category_ids": self.model.category_ids,
@@ -385,7 +264,7 @@ class Trainer:
         self.epoch, self.step = int(state["epoch"]), int(state["step"])
         self.best_fitness = float(state.get("best_fitness", -1.0))
         self.history = list(state.get("history") or [])
-        _set_rng_state(state["rng"])
+        set_rng_state(state["rng"])
 
     @classmethod
     def resume(cls, run_dir: str | Path, **kwargs: Any) -> Trainer:
@@ -395,7 +274,7 @@ class Trainer:
         raw = state["config"]
         cfg = RunConfig(
             model=from_dict(ModelConfig, raw["model"], "model"),
-            data=from_dict(type(RunConfig().data), raw["data"], "data"),
+            data=from_dict(DataConfig, raw["data"], "data"),
             train=from_dict(TrainConfig, raw["train"], "train"),
         )
         trainer = cls(cfg, run_dir=ckpt.parent, load_backbone_weights=False, **kwargs)
@@ -404,94 +283,102 @@ class Trainer:
 
     # -- training
 
-    def _log_csv(self, row: dict[str, float]) -> None:
-        from .evaluate import METRIC_NAMES
+    def _write_results(self) -> None:
+        """results.csv from the history, fixed columns: epochs that skip validation leave
+        the val_ fields empty."""
+        from .evaluation import METRIC_NAMES
 
-        path = self.run_dir / "results.csv"
-        new = not path.exists()
-        columns = [k for k in row if not k.startswith("val_")] + [f"val_{k}" for k in METRIC_NAMES]
-        with open(path, "a", newline="") as f:
-            # Fixed columns: epochs that skip validation leave the val_ fields empty.
-            w = csv.DictWriter(f, fieldnames=columns, restval="", extrasaction="ignore")
-            if new:
-                w.writeheader()
-            w.writerow(row)
+        first = self.history[0]
+        columns = [k for k in first if not k.startswith("val_")] + [f"val_{k}" for k in METRIC_NAMES]
+        write_results_csv(self.history, self.run_dir / "results.csv", columns)
 
-    def train_one_epoch(self) -> dict[str, float]:
-        t, model = self.cfg.train, self.ddp
-        frozen = self.epoch < t.freeze_backbone_epochs
-        if getattr(self.model, "backbone_frozen", False) != frozen:
+    def _skip_non_finite(self, loss: Tensor, grad_norm: Tensor) -> bool:
+        """True when this step must be skipped: the loss or gradient is not finite in some
+        process. Never train on NaN/inf: skip the step, and stop if it keeps happening."""
+        bad = torch.tensor(float(non_finite(loss, grad_norm) is not None))
+        if self.dist.enabled:
+            dist.all_reduce(bad, op=dist.ReduceOp.MAX)
+        if bad.item() == 0:
+            self._bad_run = 0
+            return False
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.update()
+        self._bad_run += 1
+        if self._bad_run >= self.cfg.train.max_nonfinite:
+            raise NonFiniteLossError(
+                f"training diverged: {self._bad_run} consecutive steps with a non-finite loss or gradient "
+                f"(epoch {self.epoch + 1}, step {self.step}, lr {self.optimizer.param_groups[0]['lr']:.2e}); "
+                "lower train.lr, raise train.warmup_epochs or check the data with `retinanet check-data`"
+            )
+        return True
+
+    def _train_step(self, batch, params: list[Tensor]) -> dict[str, Tensor] | None:
+        """One optimiser step on ``batch``; its losses, or None when the step was skipped."""
+        with torch.autocast(self.device.type, dtype=self.amp or torch.float32, enabled=self.amp is not None):
+            outputs = self.ddp(batch.images)
+        losses = self.model.loss(outputs, batch.images.shape[-2:], batch.boxes, batch.labels)
+        self.optimizer.zero_grad(set_to_none=True)
+        # Backward even on a bad loss: under DDP every process must join the all-reduce.
+        self.scaler.scale(losses["loss"]).backward()
+        self.scaler.unscale_(self.optimizer)
+        norm = clip_gradients(params, self.cfg.train.grad_clip)
+        if self._skip_non_finite(losses["loss"], norm):
+            return None
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.scheduler.step()
+        self.step += 1
+        if self.ema is not None:
+            self.ema.update_parameters(self.model)
+        return losses
+
+    def _start_epoch(self) -> None:
+        """Freeze or thaw the backbone for this epoch, training mode, the sampler's epoch."""
+        frozen = self.epoch < self.cfg.train.freeze_backbone_epochs
+        if self.model.backbone_frozen != frozen:
             self.model.freeze_backbone(frozen)
             self._wrap()
         self.model.train()
         if hasattr(self.loader, "set_epoch"):
             self.loader.set_epoch(self.epoch)
-        sums = {"loss": 0.0, "cls": 0.0, "box": 0.0}
-        seen, bad_run, skipped = 0, 0, 0
+        self._bad_run = 0  # consecutive skipped steps
+
+    def train_one_epoch(self) -> dict[str, float]:
+        self._start_epoch()
+        sums = dict.fromkeys(LOSS_KEYS, 0.0)
+        seen, skipped = 0, 0
         start = time.perf_counter()
         bar = tqdm(
             self.loader,
-            desc=f"epoch {self.epoch + 1}/{t.epochs}",
+            desc=f"epoch {self.epoch + 1}/{self.cfg.train.epochs}",
             disable=not (self.progress and self.dist.is_main),
             dynamic_ncols=True,
         )
         params = [p for p in self.model.parameters() if p.requires_grad]
         for batch in bar:
-            batch = batch.to(self.device)
-            with torch.autocast(self.device.type, dtype=self.amp or torch.float32, enabled=self.amp is not None):
-                outputs = model(batch.images)
-            losses = self.model.loss(outputs, batch.images.shape[-2:], batch.boxes, batch.labels)
-            self.optimizer.zero_grad(set_to_none=True)
-            # Backward even on a bad loss: under DDP every process must join the all-reduce.
-            self.scaler.scale(losses["loss"]).backward()
-            self.scaler.unscale_(self.optimizer)
-            norm = torch.nn.utils.clip_grad_norm_(params, t.grad_clip if t.grad_clip > 0 else float("inf"))
-            bad = torch.tensor(float(not (torch.isfinite(losses["loss"]) and torch.isfinite(norm))))
-            if self.dist.enabled:
-                dist.all_reduce(bad, op=dist.ReduceOp.MAX)
-            if bad.item() > 0:
-                # Never train on NaN/inf: skip the step, and stop if it keeps happening.
-                self.optimizer.zero_grad(set_to_none=True)
-                self.scaler.update()
-                bad_run += 1
+            losses = self._train_step(batch.to(self.device), params)
+            if losses is None:
                 skipped += 1
-                if bad_run >= t.max_nonfinite:
-                    raise NonFiniteLossError(
-                        f"training diverged: {bad_run} consecutive steps with a non-finite loss or gradient "
-                        f"(epoch {self.epoch + 1}, step {self.step}, lr {self.optimizer.param_groups[0]['lr']:.2e}); "
-                        "lower train.lr, raise train.warmup_epochs or check the data with `retinanet check-data`"
-                    )
                 continue
-            bad_run = 0
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-            self.scheduler.step()
-            self.step += 1
-            if self.ema is not None:
-                self.ema.update_parameters(self.model)
             n = batch.images.shape[0]
             seen += n
             for k in sums:
                 sums[k] += float(losses[k].detach()) * n
             rate = seen * self.dist.world_size / (time.perf_counter() - start)
-            bar.set_postfix(
-                loss=f"{sums['loss'] / seen:.3f}",
-                cls=f"{sums['cls'] / seen:.3f}",
-                box=f"{sums['box'] / seen:.3f}",
-                lr=f"{self.optimizer.param_groups[0]['lr']:.2e}",
-                img_s=f"{rate:.1f}",
-            )
+            shown = {k: f"{v / seen:.3f}" for k, v in sums.items()}
+            bar.set_postfix(**shown, lr=f"{self.optimizer.param_groups[0]['lr']:.2e}", img_s=f"{rate:.1f}")
             if self.on_step is not None:
                 self.on_step(self)
-        elapsed = time.perf_counter() - start
+        return self._epoch_stats(sums, seen, skipped, time.perf_counter() - start)
+
+    def _epoch_stats(self, sums: dict[str, float], seen: int, skipped: int, elapsed: float) -> dict[str, float]:
+        """The epoch's row: mean losses per image (averaged over processes), lr, skipped steps, speed."""
         means = {f"train_{k}": v / max(seen, 1) for k, v in sums.items()}
         if self.dist.enabled:  # average over processes for the log
             vec = torch.tensor([means[k] for k in means] + [float(seen)])
             dist.all_reduce(vec)
             means = {k: float(v) / self.dist.world_size for k, v in zip(means, vec[:-1])}
             seen = int(vec[-1])
-        else:
-            seen = seen
         return {
             **means,
             "lr": self.optimizer.param_groups[0]["lr"],
@@ -502,17 +389,36 @@ class Trainer:
     def validate(self, out_dir: Path | None = None, plots: bool = False) -> dict[str, float]:
         if self.val_data is None or not self.dist.is_main:
             return {}
-        from .evaluate import evaluate
+        from .evaluation import EvalConfig, evaluate
 
         return evaluate(
             self.eval_model,
             self.val_data,
-            batch_size=self.cfg.train.batch_size,
-            workers=resolve_workers(self.cfg.data.workers),
+            EvalConfig(batch_size=self.cfg.train.batch_size, workers=resolve_workers(self.cfg.data.workers)),
             out_dir=out_dir,
             plots=plots,
             progress=self.progress,
-        )
+        ).metrics
+
+    def _end_epoch(self, stats: dict[str, float], metrics: dict[str, float]) -> None:
+        """Rank 0: log the epoch, write last.pt (and best.pt when the AP improved)."""
+        t = self.cfg.train
+        self.history.append({"epoch": self.epoch, **stats, **{f"val_{k}": v for k, v in metrics.items()}})
+        self._write_results()
+        fitness = metrics.get(FITNESS_KEY, -1.0) if metrics else -1.0
+        improved = bool(metrics) and fitness > self.best_fitness
+        if improved:
+            self.best_fitness = fitness
+        state = self.state(metrics)
+        save_checkpoint(state, self.run_dir / "last.pt")
+        if improved or (self.val_data is None and self.epoch == t.epochs):
+            save_checkpoint(state, self.run_dir / "best.pt")
+        if metrics:
+            tqdm.write(
+                f"epoch {self.epoch}/{t.epochs}: "
+                + ", ".join(f"{k} {metrics[k]:.3f}" for k in ("AP", "AP50", "AP75") if k in metrics)
+                + (" (best)" if improved else "")
+            )
 
     def fit(self) -> TrainResult:
         t = self.cfg.train
@@ -526,23 +432,7 @@ class Trainer:
             metrics = self.validate() if do_eval else {}
             if self.dist.is_main:
                 last_metrics = metrics or last_metrics
-                row = {"epoch": self.epoch, **stats, **{f"val_{k}": v for k, v in metrics.items()}}
-                self.history.append(row)
-                self._log_csv(row)
-                fitness = metrics.get(FITNESS_KEY, -1.0) if metrics else -1.0
-                improved = bool(metrics) and fitness > self.best_fitness
-                if improved:
-                    self.best_fitness = fitness
-                state = self.state(metrics)
-                save_checkpoint(state, self.run_dir / "last.pt")
-                if improved or (self.val_data is None and self.epoch == t.epochs):
-                    save_checkpoint(state, self.run_dir / "best.pt")
-                if metrics:
-                    tqdm.write(
-                        f"epoch {self.epoch}/{t.epochs}: "
-                        + ", ".join(f"{k} {metrics[k]:.3f}" for k in ("AP", "AP50", "AP75") if k in metrics)
-                        + (" (best)" if improved else "")
-                    )
+                self._end_epoch(stats, metrics)
             self._barrier()
         best = {}
         if self.dist.is_main and (self.run_dir / "best.pt").exists():

@@ -14,7 +14,8 @@ from torchvision.ops import generalized_box_iou_loss
 
 from .boxes import BoxCoder, batched_box_ioa, batched_box_iou
 from .config import LossConfig
-from .matcher import BACKGROUND, CROWD_LABEL, IGNORE, PAD_LABEL, Matcher
+from .data.labels import CROWD_LABEL, PAD_LABEL
+from .matcher import BACKGROUND, IGNORE, Matcher
 
 
 def sigmoid_focal_loss(logits: Tensor, matches_label: Tensor, alpha: float = 0.25, gamma: float = 2.0) -> Tensor:

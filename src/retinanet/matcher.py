@@ -12,10 +12,6 @@ from torch import Tensor
 BACKGROUND = -1  # IoU < bg_iou with every box: trained as negative for every class
 IGNORE = -2  # bg_iou <= IoU < fg_iou, or inside a crowd region: no loss at all
 
-# Values in the padded label tensor that are not classes.
-PAD_LABEL = -1  # padding slot, not a box
-CROWD_LABEL = -2  # crowd region / ignore box: anchors inside it are not trained as background
-
 
 class Matcher:
     def __init__(self, fg_iou: float = 0.5, bg_iou: float = 0.4, low_quality_matches: bool = True, crowd_ioa: float = 0.5):

@@ -34,7 +34,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..data import load_dataset
-    from ..data.anchor_fit import anchor_report, format_report, plot_report
+    from ..anchor_fit import anchor_report, format_report, plot_report
 
     cfg = preset(args.preset)
     bad = [o for o in args.overrides if not o.startswith(MODEL_PREFIX)]
@@ -61,6 +61,6 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _fitted(report) -> str:
-    from ..data.anchor_fit import overrides
+    from ..anchor_fit import overrides
 
     return overrides(report.fitted.scales, report.fitted.ratios)

@@ -1,13 +1,24 @@
-"""`retinanet cfg`: every configuration key with its default and one-line doc."""
+"""`retinanet cfg [SECTION]`: every configuration key with its default and one-line doc."""
 
 from __future__ import annotations
 
 import argparse
 
+from ..config import Config
+from ..config.describe import format_keys, keys
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("section", nargs="?", help="only this section (e.g. model, train, model.anchors)")
+    p.add_argument("section", nargs="?", help="only keys under this section, e.g. model, train, model.anchors")
 
 
 def run(args: argparse.Namespace) -> int:
-    raise NotImplementedError("retinanet cfg")
+    items = keys(Config())
+    if args.section:
+        prefix = args.section.rstrip(".") + "."
+        items = [k for k in items if k.name.startswith(prefix)]
+        if not items:
+            sections = sorted({k.name.split(".")[0] for k in keys(Config())})
+            raise ValueError(f"no configuration keys under {args.section!r}; sections: {', '.join(sections)}")
+    print(format_keys(items))
+    return 0

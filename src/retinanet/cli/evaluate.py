@@ -1,3 +1,51 @@
-"""Transitional: the command still lives in its library module."""
+"""`retinanet eval`: COCO metrics (pycocotools) of a checkpoint on a dataset, with the
+per-class table, PR curves, a confusion matrix and drawn samples written to --out."""
 
-from ..evaluate import add_arguments, run  # noqa: F401
+from __future__ import annotations
+
+import argparse
+
+from ..config.evaluation import EvalConfig
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    d = EvalConfig
+    p.add_argument("--model", required=True, help="checkpoint (.pt) written by `retinanet train`")
+    p.add_argument("--data", required=True, help="dataset folder (COCO / VOC / YOLO), COCO json, or dataset spec / data.yaml")
+    p.add_argument("--split", default="val", help="split of --data to evaluate (default: val)")
+    p.add_argument("--out", default="runs/eval", help="folder for the metrics, detections and plots (default: runs/eval)")
+    p.add_argument("--batch-size", type=int, default=d.batch_size, help=f"images per batch (default: {d.batch_size})")
+    p.add_argument("--workers", type=int, default=d.workers, help=f"image decoding processes (default: {d.workers})")
+    p.add_argument("--conf", type=float, default=d.conf,
+                   help="score threshold of the model's detections (default: the checkpoint's, 0.05)")
+    p.add_argument("--plot-conf", type=float, default=d.plot_conf,
+                   help=f"score threshold of the confusion matrix and drawn images (default: {d.plot_conf})")
+    p.add_argument("--no-plots", action="store_true", help="write metrics and detections only")
+    p.add_argument("--max-images", type=int, default=None, help="evaluate only the first N images")
+    p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+    p.add_argument("--verbose", action="store_true", help="also print pycocotools' own output")
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..checkpoint import model_from_checkpoint
+    from ..data import load_dataset
+    from ..evaluation import evaluate
+    from ..evaluation.report import format_metrics, format_table
+    from ..runtime import resolve_device
+
+    if args.conf is not None and not 0.0 <= args.conf <= 1.0:
+        raise ValueError(f"--conf must be in [0, 1], got {args.conf}")
+    if not 0.0 <= args.plot_conf <= 1.0:
+        raise ValueError(f"--plot-conf must be in [0, 1], got {args.plot_conf}")
+    cfg = EvalConfig(batch_size=args.batch_size, workers=args.workers, conf=args.conf, plot_conf=args.plot_conf)
+    model = model_from_checkpoint(args.model).to(resolve_device(args.device or "auto", setting="--device"))
+    # Image headers only: evaluation decodes every image anyway, and a broken one fails there naming its file.
+    dataset = load_dataset(args.data, args.split, check="header")
+    report = evaluate(
+        model, dataset, cfg, out_dir=args.out, plots=not args.no_plots, max_images=args.max_images, verbose=args.verbose
+    )
+    print(format_metrics(report.metrics))
+    print()
+    print(format_table(report.per_class))
+    print(f"\nwrote {len(report.files)} files to {args.out}")
+    return 0

@@ -1,3 +1,94 @@
-"""Transitional: the command still lives in its library module."""
+"""`retinanet export`: a checkpoint -> one ONNX graph (NMS inside), optionally also an
+int8 copy, optionally checked against eager PyTorch on a few images."""
 
-from ..export import add_arguments, run  # noqa: F401
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from ..config.export import CALIBRATION_METHODS, OPSET, ExportConfig, QuantizeConfig
+
+VERIFY_IMAGES = 16  # --verify compares on the first this many images
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("checkpoint", help="checkpoint (.pt) to export")
+    p.add_argument("--format", default="onnx", choices=["onnx"], help="output format (onnx)")
+    p.add_argument("--output", "-o", help="output file (default: the checkpoint's path with .onnx)")
+    p.add_argument("--size", type=int, default=ExportConfig.input_size, help="input size the graph letterboxes to (default: the model's)")
+    p.add_argument("--conf", type=float, default=ExportConfig.score_thresh, help="default score threshold (an input of the graph)")
+    p.add_argument("--iou", type=float, default=ExportConfig.nms_iou, help="default NMS IoU threshold (an input of the graph)")
+    p.add_argument("--max-det", type=int, default=ExportConfig.max_detections, help="detections per image (fixed output rows)")
+    p.add_argument("--topk", type=int, default=ExportConfig.topk, help="candidates per pyramid level before NMS")
+    shape = p.add_mutually_exclusive_group()
+    shape.add_argument(
+        "--square",
+        action="store_true",
+        help="letterbox to the full size x size square (one fixed input shape) instead of padding to a multiple of 32",
+    )
+    shape.add_argument(
+        "--rect", action="store_true", help="pad only to a multiple of 32 even if the checkpoint's model.rect is false"
+    )
+    p.add_argument("--no-fold-bn", action="store_true", help="keep every batch norm (and the input scaling) as separate ops")
+    p.add_argument("--opset", type=int, default=ExportConfig.opset, help=f"ONNX opset (default {OPSET})")
+    p.add_argument("--int8", action="store_true", help="also write a static int8 model (<output stem>.int8.onnx)")
+    p.add_argument("--calibration", help="images for int8 calibration: folder or glob (required with --int8)")
+    p.add_argument(
+        "--calibration-images",
+        type=int,
+        default=QuantizeConfig.num_images,
+        help=f"calibration images used (default {QuantizeConfig.num_images})",
+    )
+    p.add_argument("--calibration-method", default=QuantizeConfig.method, choices=list(CALIBRATION_METHODS))
+    p.add_argument("--fp32-predictors", action="store_true", help="int8: keep the final class/box convs in fp32")
+    p.add_argument("--verify", help="images (folder or glob) to compare eager PyTorch and ONNX Runtime detections on")
+
+
+def export_config(args: argparse.Namespace) -> ExportConfig:
+    return ExportConfig(
+        input_size=args.size,
+        score_thresh=args.conf,
+        nms_iou=args.iou,
+        max_detections=args.max_det,
+        topk=args.topk,
+        fold_bn=not args.no_fold_bn,
+        opset=args.opset,
+        rect=False if args.square else True if args.rect else None,
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..checkpoint import model_from_checkpoint
+    from ..export import export_onnx, quantize_int8
+
+    ckpt = Path(args.checkpoint)
+    if args.int8 and not args.calibration:
+        raise ValueError("--int8 needs --calibration IMAGES (a folder or glob of representative images)")
+    model = model_from_checkpoint(ckpt)
+    out = Path(args.output) if args.output else ckpt.with_suffix(".onnx")
+    export_onnx(model, out, export_config(args))
+    print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB, fp32)")
+    outputs = [out]
+    if args.int8:
+        q_out = out.with_name(out.stem + ".int8.onnx")
+        qcfg = QuantizeConfig(num_images=args.calibration_images, method=args.calibration_method, fp32_predictors=args.fp32_predictors)
+        quantize_int8(out, q_out, args.calibration, qcfg)
+        print(f"wrote {q_out} ({q_out.stat().st_size / 1e6:.1f} MB, int8)")
+        outputs.append(q_out)
+    if args.verify:
+        _verify(model, outputs, args.verify)
+    return 0
+
+
+def _verify(model, outputs: list[Path], source: str) -> None:
+    from ..api import expand_images
+    from ..export import WORKING_CONF, parity_report
+
+    images = expand_images(source)[:VERIFY_IMAGES]
+    for path in outputs:
+        r = parity_report(model, path, images)
+        print(
+            f"{path.name}: eager vs onnxruntime on {r['images']} images: {r['matched']:.1%} of "
+            f"{r['detections']} detections matched, {r['matched_working']:.1%} of the "
+            f"{r['detections_working']} scoring >= {WORKING_CONF}; max box difference {r['max_box_diff']:.3f} px"
+        )

@@ -18,7 +18,7 @@ PAPER_PRIOR_PROB = 0.01  # class-head bias = -log((1 - pi) / pi)
 @dataclass
 class BackboneConfig:
     name: str = "mobilenet_v2"
-    """mobilenet_v1 | mobilenet_v2 | mobilenet_v3_large | mobilenet_v3_small"""
+    """A MobileNet of the backbone table (backbones.BACKBONES: V1, V2, V3-Large, V3-Small)."""
     width: float = 1.0
     """Width multiplier of MobileNetV1 (1.0, 0.75, 0.5, 0.25); other backbones use 1.0."""
     weights: str = "imagenet"

@@ -5,8 +5,8 @@ COCO json or a dataset spec yaml) into a checked ``DetectionDataset`` of ``Recor
 unusable data raises ``DataError``. See docs/datasets.md.
 """
 
-from .check import DataError, DataReport
 from .dataset import DetectionDataset, Record
+from .report import DataError, DataReport
 from .spec import available_splits, load_dataset
 
 __all__ = ["DataError", "DataReport", "DetectionDataset", "Record", "available_splits", "load_dataset"]

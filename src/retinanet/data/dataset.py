@@ -58,7 +58,7 @@ class DetectionDataset:
     format: str = ""
     """'coco', 'voc', 'yolo' or 'synthetic'."""
     report: Any = None
-    """``retinanet.data.check.DataReport`` of the validation that produced this dataset
+    """``retinanet.data.report.DataReport`` of the validation that produced this dataset
     (problems found, what was clipped or dropped, statistics); None when not checked."""
 
     def __post_init__(self) -> None:

@@ -115,9 +115,19 @@ def open_image(path: str | Path) -> Image.Image:
 
 
 def read_image(path: str | Path) -> torch.Tensor:
-    """(3, H, W) uint8 RGB tensor, displayed orientation."""
-    arr = np.asarray(open_image(path), dtype=np.uint8)
-    return torch.from_numpy(arr.copy()).permute(2, 0, 1).contiguous()  # (H, W, 3) -> (3, H, W)
+    """(3, H, W) uint8 RGB tensor in displayed orientation: the one image-file reader.
+
+    The tensor is a permuted view of the decoded (H, W, 3) pixels (channels-last memory):
+    that skips a copy, and the uint8 antialiased resize that usually follows runs about
+    twice as fast on this layout."""
+    return torch.from_numpy(np.array(open_image(path))).permute(2, 0, 1)  # (H, W, 3) -> (3, H, W) view
+
+
+def to_uint8(image: torch.Tensor) -> torch.Tensor:
+    """An image tensor as uint8: float values in [0, 1] are scaled and rounded; uint8 passes."""
+    if image.dtype == torch.uint8:
+        return image
+    return (image * 255).round().clamp(0, 255).to(torch.uint8)
 
 
 def image_info(path: str | Path, decode: bool = False) -> ImageInfo:

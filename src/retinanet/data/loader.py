@@ -19,7 +19,6 @@ from __future__ import annotations
 import random
 from collections.abc import Iterator
 from dataclasses import dataclass, fields
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -29,9 +28,9 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
 from ..config import AugmentConfig
-from ..matcher import PAD_LABEL
+from .labels import PAD_LABEL
 from .dataset import DetectionDataset
-from .images import open_image
+from .images import read_image
 from .mosaic import mosaic, random_centre
 from .transforms import DetectionTransforms, Sample, make_sample, unpack
 
@@ -88,13 +87,6 @@ def collate(samples: list[tuple[Tensor, dict[str, Any]]]) -> Batch:
     )
 
 
-def decode(path: Path | str) -> Tensor:
-    """(3, H, W) uint8 RGB, as images.read_image, but left in channels-last memory
-    (a permuted view of PIL's (H, W, 3) pixels): that skips one copy, and the uint8
-    antialiased resize that follows runs about twice as fast on this layout."""
-    return torch.from_numpy(np.array(open_image(path))).permute(2, 0, 1)  # (H, W, 3) -> (3, H, W) view
-
-
 def sample_seed(seed: int, epoch: int, index: int) -> int:
     """A well-mixed 63-bit seed for one sample of one epoch (numpy's SeedSequence hash)."""
     return int(np.random.SeedSequence([seed, epoch, index]).generate_state(1, np.uint64)[0] >> np.uint64(1))
@@ -134,7 +126,7 @@ class AugmentedDataset(Dataset):
     def load(self, index: int) -> Sample:
         """Decode one record's image (uint8) and wrap it with its boxes."""
         r = self.dataset[index]
-        image = decode(r.image_path)  # (3, H, W) uint8
+        image = read_image(r.image_path)  # (3, H, W) uint8, channels-last view
         h, w = image.shape[-2:]
         if (h, w) != (r.height, r.width):
             # Boxes are in the annotated frame; a different decoded size (often an EXIF

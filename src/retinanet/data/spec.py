@@ -31,9 +31,10 @@ from typing import Any
 
 import yaml
 
-from .check import DataError, DataReport, check_mode, validate
+from .check import check_mode, validate
 from .coco import read_coco
 from .dataset import DetectionDataset
+from .report import DataError, DataReport
 from .voc import read_voc
 from .yolo import find_class_file, read_class_file, read_yolo
 

@@ -34,7 +34,7 @@ from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
 from ..config import AugmentConfig
-from ..matcher import CROWD_LABEL
+from .labels import CROWD_LABEL
 from ..preprocess import letterbox_size
 
 Sample = tuple[tv_tensors.Image, dict[str, Any]]

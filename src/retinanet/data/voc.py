@@ -23,9 +23,10 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from .check import DataError, DataReport
 from .dataset import DetectionDataset, Record
-from .images import IMAGE_SUFFIXES, image_info, place_image, unique_file_names
+from .files import header_size, place_images
+from .images import IMAGE_SUFFIXES
+from .report import DataError, DataReport
 
 VOC_ORIGIN = 1  # VOC pixel indices start at 1
 CORNERS = ("xmin", "ymin", "xmax", "ymax")
@@ -149,6 +150,46 @@ def _find_image(images_dir: Path, vf: VocFile) -> Path:
     return images_dir / (vf.filename or stem + ".jpg")  # missing: validation reports it
 
 
+def _select(
+    xml_files: list[Path], parsed: list[VocFile | None], split_list: str | Path, ann_dir: Path, report: DataReport
+) -> list[int]:
+    """Sorted indices of the annotation files a split list names (by file stem or by the
+    image's <filename> stem); names without an xml are reported."""
+    index: dict[str, int] = {}
+    for i, (p, vf) in enumerate(zip(xml_files, parsed)):
+        index.setdefault(p.stem, i)
+        if vf and vf.filename:
+            index.setdefault(Path(vf.filename).stem, i)
+    selected = []
+    for key in read_split_list(split_list):
+        i = index.get(Path(key).stem)
+        if i is None:
+            report.error("missing annotation", split_list, f"{key} is listed but {ann_dir} has no {Path(key).stem}.xml")
+        else:
+            selected.append(i)
+    return sorted(set(selected))
+
+
+def _record(vf: VocFile, image_id: int, images_dir: Path, label_of: dict[str, int], report: DataReport) -> Record:
+    """One parsed file as a Record in library coordinates; objects of a class not in
+    ``label_of`` (class name -> label) are reported and left out."""
+    path = _find_image(images_dir, vf)
+    width, height = vf.width, vf.height
+    if width <= 0 or height <= 0:
+        width, height = header_size(path)  # some tools write <width>0</width>
+    boxes, labels, ignore = [], [], []
+    for k, o in enumerate(vf.objects):
+        if o.name not in label_of:
+            report.error("unknown class", vf.path, f"object {k}: class {o.name!r} is not in class_names {list(label_of)}")
+            continue
+        xmin, ymin, xmax, ymax = o.corners
+        boxes.append([xmin - VOC_ORIGIN, ymin - VOC_ORIGIN, xmax, ymax])
+        labels.append(label_of[o.name])
+        ignore.append(o.difficult)
+    boxes_xyxy = np.array(boxes, np.float64).reshape(-1, 4)  # (G, 4)
+    return Record(path, image_id, width, height, boxes_xyxy, labels, ignore, annotation_path=vf.path)
+
+
 def read_voc(
     ann_dir: str | Path,
     images_dir: str | Path | None = None,
@@ -179,48 +220,9 @@ def read_voc(
     images_dir = Path(images_dir) if images_dir is not None else guess_images_dir(
         ann_dir, [vf.filename for vf in parsed if vf and vf.filename][:5]
     )
-
-    selected = list(range(len(xml_files)))
-    if split_list is not None:
-        index: dict[str, int] = {}
-        for i, (p, vf) in enumerate(zip(xml_files, parsed)):
-            index.setdefault(p.stem, i)
-            if vf and vf.filename:
-                index.setdefault(Path(vf.filename).stem, i)
-        selected = []
-        for key in read_split_list(split_list):
-            i = index.get(Path(key).stem)
-            if i is None:
-                report.error("missing annotation", split_list, f"{key} is listed but {ann_dir} has no {Path(key).stem}.xml")
-            else:
-                selected.append(i)
-        selected = sorted(set(selected))
-
-    records = []
-    for i in selected:
-        vf = parsed[i]
-        if vf is None:
-            continue  # reported by parse_voc_xml
-        path = _find_image(images_dir, vf)
-        width, height = vf.width, vf.height
-        if width <= 0 or height <= 0:
-            try:  # some tools write <width>0</width>: take the size from the image header
-                info = image_info(path)
-                width, height = info.width, info.height
-            except ValueError:
-                width = height = 0  # validation reports the unreadable image
-        boxes, labels, ignore = [], [], []
-        for k, o in enumerate(vf.objects):
-            if o.name not in label_of:
-                report.error("unknown class", vf.path, f"object {k}: class {o.name!r} is not in class_names {names}")
-                continue
-            xmin, ymin, xmax, ymax = o.corners
-            boxes.append([xmin - VOC_ORIGIN, ymin - VOC_ORIGIN, xmax, ymax])
-            labels.append(label_of[o.name])
-            ignore.append(o.difficult)
-        records.append(
-            Record(path, i, width, height, np.array(boxes, np.float64).reshape(-1, 4), labels, ignore, annotation_path=vf.path)
-        )
+    selected = range(len(xml_files)) if split_list is None else _select(xml_files, parsed, split_list, ann_dir, report)
+    # a None entry did not parse: parse_voc_xml reported it
+    records = [_record(vf, i, images_dir, label_of, report) for i in selected if (vf := parsed[i]) is not None]
     return DetectionDataset(records, names, None, images_dir, "voc")
 
 
@@ -270,15 +272,11 @@ def write_voc(
     """Write ``out/Annotations/<stem>.xml``, ``out/JPEGImages/<image>`` (symlinks unless
     ``copy_images``) and the split list ``out/ImageSets/Main/<split>.txt`` (returned)."""
     out = Path(out)
-    if image_names is None:
-        image_names = dict(zip((r.image_path for r in dataset.records), unique_file_names([r.image_path for r in dataset.records])))
+    names = place_images(dataset, out / "JPEGImages", f"writing VOC {split}", copy_images, image_names, progress)
     (out / "Annotations").mkdir(parents=True, exist_ok=True)
-    stems = []
-    for r in tqdm(dataset.records, desc=f"writing VOC {split}", unit="img", disable=not progress, leave=False):
-        name = image_names[r.image_path]
-        place_image(r.image_path, out / "JPEGImages" / name, copy_images)
-        voc_xml(r, name, dataset.class_names).write(out / "Annotations" / f"{Path(name).stem}.xml", encoding="unicode")
-        stems.append(Path(name).stem)
+    stems = [Path(name).stem for name in names]
+    for r, name, stem in zip(dataset.records, names, stems):
+        voc_xml(r, name, dataset.class_names).write(out / "Annotations" / f"{stem}.xml", encoding="unicode")
     list_path = out / "ImageSets" / "Main" / f"{split}.txt"
     list_path.parent.mkdir(parents=True, exist_ok=True)
     list_path.write_text("".join(s + "\n" for s in stems))

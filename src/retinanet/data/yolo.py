@@ -11,15 +11,17 @@ without a label file has no objects. Image sizes are read from the file headers.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import yaml
 from tqdm import tqdm
 
-from .check import DataError, DataReport
 from .dataset import DetectionDataset, Record
-from .images import IMAGE_SUFFIXES, ImageError, MissingImageError, image_info, place_image, unique_file_names
+from .files import place_images
+from .images import IMAGE_SUFFIXES, ImageError, image_info
+from .report import DataError, DataReport
 
 BOX_FIELDS = 5  # class cx cy w h
 MIN_POLYGON_FIELDS = 7  # class + at least 3 points
@@ -160,8 +162,7 @@ def read_yolo(
         try:
             info = image_info(image)  # header only: the size turns normalised boxes into pixels
         except ImageError as e:
-            kind = "missing image" if isinstance(e, MissingImageError) else "unreadable image"
-            report.error(kind, image, str(e).split(": ", 1)[-1])
+            report.image_error(image, e)
             continue
         lp = label_path(image, base, labels_dir)
         if lp.is_file():
@@ -199,16 +200,25 @@ def read_yolo(
     return DetectionDataset(records, list(class_names), None, Path(root) if root else None, "yolo")
 
 
+SCORE_DECIMALS = 5  # of the optional score column (predict --save-conf)
+
+
+def yolo_line(label: int, box: Sequence[float], width: int, height: int, score: float | None = None) -> str:
+    """One YOLO txt line: ``label cx cy w h`` of an xyxy pixel box, normalised by the image
+    size, with the score appended when one is given: the one writer of the format."""
+    x1, y1, x2, y2 = box
+    values = ((x1 + x2) / 2 / width, (y1 + y2) / 2 / height, (x2 - x1) / width, (y2 - y1) / height)
+    line = f"{label} " + " ".join(f"{v:.{DECIMALS}f}" for v in values)
+    return line if score is None else f"{line} {score:.{SCORE_DECIMALS}f}"
+
+
 def yolo_lines(record: Record) -> list[str]:
     """Label lines for the non-ignored boxes (YOLO has no ignore flag)."""
-    lines = []
-    for (x1, y1, x2, y2), label, ign in zip(record.boxes.tolist(), record.labels.tolist(), record.ignore.tolist()):
-        if ign:
-            continue
-        cx, cy = (x1 + x2) / 2 / record.width, (y1 + y2) / 2 / record.height
-        w, h = (x2 - x1) / record.width, (y2 - y1) / record.height
-        lines.append(f"{label} {cx:.{DECIMALS}f} {cy:.{DECIMALS}f} {w:.{DECIMALS}f} {h:.{DECIMALS}f}")
-    return lines
+    return [
+        yolo_line(label, box, record.width, record.height)
+        for box, label, ign in zip(record.boxes.tolist(), record.labels.tolist(), record.ignore.tolist())
+        if not ign
+    ]
 
 
 def write_yolo(
@@ -223,13 +233,10 @@ def write_yolo(
     ``out/labels/<split>/<stem>.txt`` (empty for images without objects). Returns the
     number of ignored (crowd / difficult) boxes left out, since YOLO cannot express them."""
     out = Path(out)
-    if image_names is None:
-        image_names = dict(zip((r.image_path for r in dataset.records), unique_file_names([r.image_path for r in dataset.records])))
+    names = place_images(dataset, out / "images" / split, f"writing YOLO {split}", copy_images, image_names, progress)
     (out / "labels" / split).mkdir(parents=True, exist_ok=True)
     left_out = 0
-    for r in tqdm(dataset.records, desc=f"writing YOLO {split}", unit="img", disable=not progress, leave=False):
-        name = image_names[r.image_path]
-        place_image(r.image_path, out / "images" / split / name, copy_images)
+    for r, name in zip(dataset.records, names):
         lines = yolo_lines(r)
         left_out += int(r.ignore.sum())
         (out / "labels" / split / f"{Path(name).stem}.txt").write_text("".join(line + "\n" for line in lines))

@@ -26,10 +26,10 @@ from torch import Tensor
 from torchvision.ops import box_iou
 from tqdm import tqdm
 
-from ..anchors import AnchorGenerator
-from ..boxes import batched_box_iou
-from ..config import AnchorConfig, ModelConfig
-from .dataset import DetectionDataset
+from .anchors import AnchorGenerator
+from .boxes import batched_box_iou
+from .config import AnchorConfig, ModelConfig
+from .data.dataset import DetectionDataset
 
 # COCO's size buckets by box area (here in input pixels after letterboxing).
 SMALL_MAX_AREA = 32**2

@@ -1,9 +1,9 @@
-"""Plots written to disk: precision-recall curves, confusion matrices, and images with
-ground truth and predictions drawn side by side.
+"""Evaluation plots written to disk: precision-recall curves, confusion matrices, and
+images with ground truth and predictions drawn side by side.
 
 A module of plain functions: each takes arrays (numpy / torch) and a path and writes
 one PNG. matplotlib runs on the Agg backend (no display needed); boxes are drawn with
-torchvision.utils.draw_bounding_boxes.
+draw.py, in the same class colours as predict's images.
 """
 
 from __future__ import annotations
@@ -16,16 +16,15 @@ import matplotlib
 matplotlib.use("Agg")  # files only: never needs a display, safe in worker threads and CI
 
 import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib import font_manager  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image, ImageDraw, ImageFont  # noqa: E402
 from torch import Tensor  # noqa: E402
 from torch.nn import functional as F  # noqa: E402
-from torchvision.utils import draw_bounding_boxes  # noqa: E402
 
-# pycocotools marks "no ground truth for this class" with -1 in its precision array.
-NO_GROUND_TRUTH = -1.0
+from ..draw import class_color, draw_boxes, font_path  # noqa: E402
+from .coco import NO_GROUND_TRUTH  # noqa: E402
+
 # Classes drawn with their own legend entry; above this the curves are drawn in grey.
 MAX_LEGEND_CLASSES = 12
 # Cell counts are written into the confusion matrix when it has at most this many rows.
@@ -33,12 +32,6 @@ MAX_ANNOTATED_CLASSES = 30
 IGNORED_COLOR = (160, 160, 160)  # crowd / difficult regions
 GAP_PX = 8  # between the two panels of a side-by-side image
 HEADER_PX = 22  # caption strip above each panel
-
-
-def class_color(label: int) -> tuple[int, int, int]:
-    """A fixed RGB colour per class (tab20 cycled), the same in every image."""
-    r, g, b, _ = matplotlib.colormaps["tab20"](label % 20)
-    return int(r * 255), int(g * 255), int(b * 255)
 
 
 def _save(fig: plt.Figure, path: str | Path) -> Path:
@@ -134,32 +127,13 @@ def plot_confusion_matrix(
     return _save(fig, path)
 
 
-def _text_color(background: tuple[int, int, int]) -> tuple[int, int, int]:
-    """Black on light label backgrounds, white on dark ones (ITU-R BT.601 luma)."""
-    r, g, b = background
-    return (0, 0, 0) if 0.299 * r + 0.587 * g + 0.114 * b > 150 else (255, 255, 255)
-
-
-def _font_path() -> str:
-    """matplotlib's DejaVu Sans: a scalable font that is always installed with matplotlib
-    (PIL's built-in default is too small to read on large images)."""
-    return font_manager.findfont(font_manager.FontProperties(family="DejaVu Sans"))
-
-
 def _draw_panel(
     image: Tensor, boxes: Tensor, labels: list[str], colors: list[tuple[int, int, int]], caption: str
 ) -> Tensor:
     """(3, H, W) uint8 -> (3, HEADER_PX + H, W) uint8 with boxes and a caption strip."""
-    font = _font_path()
-    if len(boxes):
-        side = max(image.shape[-2:])
-        image = draw_bounding_boxes(
-            image, boxes, labels=labels, colors=colors, width=max(1, round(side / 320)),
-            font=font, font_size=max(11, round(side / 45)),
-            label_colors=[_text_color(c) for c in colors], label_background_colors=colors, fill_labels=True,
-        )
+    image = draw_boxes(image, boxes, labels, colors)
     strip = Image.new("RGB", (image.shape[-1], HEADER_PX), (255, 255, 255))
-    ImageDraw.Draw(strip).text((4, 3), caption, fill=(0, 0, 0), font=ImageFont.truetype(font, 14))
+    ImageDraw.Draw(strip).text((4, 3), caption, fill=(0, 0, 0), font=ImageFont.truetype(font_path(), 14))
     header = torch.from_numpy(np.asarray(strip).copy()).permute(2, 0, 1)  # (H, W, 3) -> (3, H, W)
     return torch.cat([header, image], dim=1)
 
@@ -211,62 +185,3 @@ def save_image(image: Tensor, path: str | Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(image.permute(1, 2, 0).contiguous().numpy()).save(path)  # (3, H, W) -> (H, W, 3)
     return path
-
-
-# ----------------------------------------------------------------------------- training curves
-
-# Columns of a training log drawn in each panel, by prefix / name.
-LOSS_PREFIX = "train_"
-VAL_METRICS = ("val_AP", "val_AP50", "val_AP75")
-NOT_LOSSES = ("train_num_fg", "train_images_per_second")  # counts and rates logged beside the losses
-
-
-def read_results_csv(path: str | Path) -> dict[str, np.ndarray]:
-    """A training log (one row per epoch, a header row) -> column name -> float array.
-
-    Empty cells (an epoch without validation) and non-numeric cells become NaN.
-    """
-    import csv
-
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: training log not found")
-    with open(path, newline="") as f:
-        rows = list(csv.DictReader(f))
-    if not rows:
-        raise ValueError(f"{path}: no rows to plot")
-    columns: dict[str, np.ndarray] = {}
-    for name in rows[0]:
-        values = []
-        for row in rows:
-            try:
-                values.append(float(row.get(name) or "nan"))
-            except ValueError:
-                values.append(float("nan"))
-        columns[name] = np.array(values)
-    return columns
-
-
-def plot_training_curves(csv_path: str | Path, path: str | Path) -> Path:
-    """Losses, validation AP / AP50 / AP75 and learning rate against epoch, from the
-    training log ``csv_path`` (columns ``epoch``, ``train_*``, ``val_*``, ``lr``)."""
-    cols = read_results_csv(csv_path)
-    if "epoch" not in cols:
-        raise ValueError(f"{csv_path}: no 'epoch' column")
-    epoch = cols["epoch"]
-    losses = [c for c in cols if c.startswith(LOSS_PREFIX) and c not in NOT_LOSSES]
-    metrics = [c for c in VAL_METRICS if c in cols and np.isfinite(cols[c]).any()]
-    panels = [("loss", losses), ("validation", metrics), ("learning rate", ["lr"] if "lr" in cols else [])]
-    panels = [(title, names) for title, names in panels if names]
-    fig, axes = plt.subplots(1, max(1, len(panels)), figsize=(5 * max(1, len(panels)), 4), squeeze=False)
-    for ax, (title, names) in zip(axes[0], panels):
-        for name in names:
-            ok = np.isfinite(cols[name])  # epochs without validation have no value
-            ax.plot(epoch[ok], cols[name][ok], marker="o" if ok.sum() < 30 else None, ms=3,
-                    label=name.removeprefix("val_").removeprefix(LOSS_PREFIX))
-        ax.set(xlabel="epoch", title=title)
-        ax.grid(alpha=0.3)
-        if len(names) > 1:
-            ax.legend(fontsize=8)
-    fig.tight_layout()
-    return _save(fig, path)
