@@ -5,7 +5,7 @@
     result = det.predict("photo.jpg")
 
 The public names are imported on first use (PEP 562), so importing one part of the
-package (``retinanet.config``, ``retinanet --version``) does not load all of it.
+package (``retinanet.config``, ``retinanet.data``) does not load all of it.
 """
 
 from __future__ import annotations

@@ -30,6 +30,7 @@ import torch
 from PIL import Image
 from torch import Tensor
 
+from .config import PredictConfig
 from .data.coco import coco_results
 from .data.images import IMAGE_SUFFIXES, read_image, to_rgb, to_uint8
 from .data.yolo import yolo_line
@@ -260,9 +261,9 @@ class Detector:
         iou: float | None = None,
         max_det: int | None = None,
         classes: Sequence[str | int] | None = None,
-        device: str = "cpu",
-        threads: int | None = None,
-        batch_size: int = 8,
+        device: str = PredictConfig.device,
+        threads: int | None = PredictConfig.threads,
+        batch_size: int = PredictConfig.batch,
         spin: bool = True,
     ):
         if isinstance(model, (str, Path)):

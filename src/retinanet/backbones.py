@@ -305,11 +305,6 @@ def read_weights_file(path: str | Path) -> tuple[dict[str, Tensor], list[str] | 
     return obj, class_names
 
 
-def load_weights_file(path: str | Path) -> dict[str, Tensor]:
-    """The classifier state dict of ``read_weights_file``."""
-    return read_weights_file(path)[0]
-
-
 def build_backbone(cfg: BackboneConfig) -> Backbone:
     """A backbone from its config, with weights loaded and freezing applied."""
     classifier = build_classifier(cfg.name, cfg.width)
@@ -317,7 +312,7 @@ def build_backbone(cfg: BackboneConfig) -> Backbone:
     if source.lower() == "imagenet":
         classifier.load_state_dict(imagenet_state_dict(cfg.name, cfg.width))
     elif source.lower() not in ("none", "", "checkpoint"):
-        state = load_weights_file(source)
+        state, _ = read_weights_file(source)
         # Only the features become the backbone; a classifier head pretrained on other
         # classes than ImageNet's 1000 (`retinanet pretrain` output) would not fit.
         state = {k: v for k, v in state.items() if k.startswith("features.")}

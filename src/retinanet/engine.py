@@ -123,7 +123,7 @@ class Trainer:
         self._load_data(train_data, val_data)
         cfg.model.num_classes = self.train_data.num_classes
         self.model = self._build_model(load_backbone_weights)
-        self.optimizer = build_optimizer(self.model, t.optimizer, t.lr, t.momentum, t.weight_decay)
+        self.optimizer = build_optimizer(self.model, t.optimizer, t.lr, t.momentum, t.weight_decay, setting="train.optimizer")
         self.ema = (
             AveragedModel(self.model, multi_avg_fn=ema_avg_fn(t.ema_decay, t.ema_tau), use_buffers=True)
             if t.ema_decay > 0

@@ -29,14 +29,17 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-def build_optimizer(model: nn.Module, name: str, lr: float, momentum: float, weight_decay: float) -> torch.optim.Optimizer:
-    """SGD (Nesterov momentum) or AdamW (``momentum`` is beta1) over ``param_groups``."""
+def build_optimizer(
+    model: nn.Module, name: str, lr: float, momentum: float, weight_decay: float, setting: str = "optimizer"
+) -> torch.optim.Optimizer:
+    """SGD (Nesterov momentum) or AdamW (``momentum`` is beta1) over ``param_groups``;
+    ``setting`` names the option in the error for an unknown ``name``."""
     groups = param_groups(model, weight_decay)
     if name == "sgd":
         return torch.optim.SGD(groups, lr=lr, momentum=momentum, nesterov=momentum > 0)
     if name == "adamw":
         return torch.optim.AdamW(groups, lr=lr, betas=(momentum, 0.999))
-    raise ValueError(f"optimizer must be 'sgd' or 'adamw', not {name!r}")
+    raise ValueError(f"{setting} must be 'sgd' or 'adamw', not {name!r}")
 
 
 def lr_factor(

@@ -5,6 +5,7 @@ The loop itself is engine.Trainer; this module adds what happens around it."""
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -50,7 +51,7 @@ def train(cfg: RunConfig | None = None, resume: str | Path | None = None, progre
         trainer = Trainer.resume(resume, progress=progress)
         print(f"resuming {trainer.run_dir} at epoch {trainer.epoch}/{trainer.cfg.train.epochs}")
     else:
-        trainer = Trainer(cfg if cfg is not None else RunConfig(), progress=progress)
+        trainer = Trainer(cfg if cfg is not None else run_config(), progress=progress)
     try:
         result = trainer.fit()
         written = finish(trainer, progress) if final and trainer.dist.is_main else []
@@ -62,12 +63,10 @@ def train(cfg: RunConfig | None = None, resume: str | Path | None = None, progre
 def finish(trainer, progress: bool = True) -> list[Path]:
     """After training: draw the training curves, evaluate the best weights with every
     plot, and run the model on a few validation images. Returns what was written."""
-    from .api import Detector
     from .checkpoint import model_from_checkpoint
-    from .runtime import resolve_workers
     from .evaluation import EvalConfig, evaluate
     from .history import plot_training_curves
-    from .predict import Sources, predict
+    from .runtime import resolve_workers
 
     run = trainer.run_dir
     written = []
@@ -79,7 +78,22 @@ def finish(trainer, progress: bool = True) -> list[Path]:
         evaluate(model, trainer.val_data, EvalConfig(batch_size=trainer.cfg.train.batch_size,
                  workers=resolve_workers(trainer.cfg.data.workers)), out_dir=run / "val", plots=True, progress=progress)
         written.append(run / "val")
-        images = [r.image_path for r in trainer.val_data.records[:DEMO_IMAGES]]
-        predict(Detector(best, conf=DEMO_CONF), Sources(images=images), PredictConfig(out=str(run / "predict")))
-        written.append(run / "predict")
+        if _predict_demo(best, [r.image_path for r in trainer.val_data.records[:DEMO_IMAGES]], run / "predict"):
+            written.append(run / "predict")
     return written
+
+
+def _predict_demo(model: Path, images: list[Path], out: Path) -> bool:
+    """What `retinanet predict IMAGES --model best.pt --conf 0.3` would do and print. A
+    failure here is reported, not raised: the run itself is finished and saved."""
+    from .api import Detector
+    from .predict import Sources, predict
+
+    try:
+        det = Detector(model, conf=DEMO_CONF)
+        done = predict(det, Sources(images=images), PredictConfig(out=str(out)))
+    except (ValueError, FileNotFoundError, RuntimeError) as e:
+        print(f"predict demo skipped: {e}", file=sys.stderr)
+        return False
+    print(f"{done.images} images, {done.detections} detections ({det.backend_name}) -> {done.json_path}")
+    return True

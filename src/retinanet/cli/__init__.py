@@ -20,11 +20,11 @@ COMMANDS = {
     "predict": (predict, "run a model on images, folders, videos or a webcam; annotated output and COCO JSON"),
     "export": (export, "export a checkpoint to ONNX (NMS inside), optionally int8"),
     "benchmark": (benchmark, "latency of eager, TorchScript, ONNX fp32 / int8 beside the torchvision peer"),
+    "weights": (weights, "install and verify the offline ImageNet MobileNetV2 weights"),
     "check-data": (check_data, "validate a dataset: problems, class counts, box size histograms"),
     "convert": (convert, "convert a dataset between COCO, Pascal VOC and YOLO formats"),
-    "anchors": (anchors, "best possible recall of the anchors on a dataset; fit scales and ratios to it"),
     "pretrain": (pretrain, "pretrain a MobileNet backbone as an image classifier (ImageNet-style folders)"),
-    "weights": (weights, "install and verify the offline ImageNet MobileNetV2 weights"),
+    "anchors": (anchors, "best possible recall of the anchors on a dataset; fit scales and ratios to it"),
     "cfg": (cfg, "print every configuration key with its default and one-line doc"),
 }
 

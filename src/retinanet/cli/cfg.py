@@ -20,5 +20,7 @@ def run(args: argparse.Namespace) -> int:
         if not items:
             sections = sorted({k.name.split(".")[0] for k in keys(Config())})
             raise ValueError(f"no configuration keys under {args.section!r}; sections: {', '.join(sections)}")
+    print("# model, data and train: `retinanet train key=value` or a --config YAML; the other sections")
+    print("# are the defaults of their command's flags (retinanet COMMAND --help)")
     print(format_keys(items))
     return 0

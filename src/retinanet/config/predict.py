@@ -35,4 +35,5 @@ class PredictConfig:
     """Print every image's detections."""
 
     def class_list(self) -> list[str] | None:
-        return [c.strip() for c in self.classes.split(",") if c.strip()] or None
+        """The classes to keep, or None for all (an empty setting)."""
+        return [c.strip() for c in self.classes.split(",") if c.strip()] if self.classes else None

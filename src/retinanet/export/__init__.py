@@ -17,18 +17,30 @@
 The options live in config/export.py (ExportConfig, QuantizeConfig).
 """
 
-from ..config.export import OPSET, ExportConfig, QuantizeConfig
-from .graph import PAD_LABEL, DetectionGraph, class_aware_nms, level_candidates
-from .letterbox import letterbox_graph
-from .metadata import EXPORT_FORMAT, INPUT_NAME, IOU_INPUT, OUTPUT_NAMES, SCORE_INPUT, read_metadata, set_metadata
-from .ops import onnx_nms
-from .parity import WORKING_CONF, match_detections, parity_report
-from .quantize import network_nodes, quantize_int8
-from .writer import export_onnx
+from __future__ import annotations
 
-__all__ = [
-    "EXPORT_FORMAT", "INPUT_NAME", "IOU_INPUT", "OPSET", "OUTPUT_NAMES", "PAD_LABEL", "SCORE_INPUT", "WORKING_CONF",
-    "DetectionGraph", "ExportConfig", "QuantizeConfig",
-    "class_aware_nms", "export_onnx", "letterbox_graph", "level_candidates", "match_detections", "network_nodes",
-    "onnx_nms", "parity_report", "quantize_int8", "read_metadata", "set_metadata",
-]  # fmt: skip
+from importlib import import_module
+from typing import Any
+
+# public name -> the module of this package that defines it. Imported on first use, so
+# reading an exported model's metadata (api.Detector) never loads torch.onnx, the graph
+# or ONNX Runtime's quantizer.
+_PUBLIC = {
+    "OPSET": "..config.export", "ExportConfig": "..config.export", "QuantizeConfig": "..config.export",
+    "PAD_LABEL": "..data.labels",
+    "DetectionGraph": ".graph", "class_aware_nms": ".graph", "level_candidates": ".graph",
+    "letterbox_graph": ".letterbox",
+    "EXPORT_FORMAT": ".metadata", "INPUT_NAME": ".metadata", "IOU_INPUT": ".metadata", "OUTPUT_NAMES": ".metadata",
+    "SCORE_INPUT": ".metadata", "read_metadata": ".metadata", "set_metadata": ".metadata",
+    "onnx_nms": ".ops",
+    "WORKING_CONF": ".parity", "match_detections": ".parity", "parity_report": ".parity",
+    "network_nodes": ".quantize", "quantize_int8": ".quantize",
+    "export_onnx": ".writer",
+}  # fmt: skip
+__all__ = sorted(_PUBLIC)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _PUBLIC:
+        return getattr(import_module(_PUBLIC[name], __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
