@@ -1,12 +1,14 @@
+import pytest
 import torch
 import torch.nn.functional as F
-from torchvision.ops import generalized_box_iou_loss, sigmoid_focal_loss as tv_focal
+from torchvision.ops import box_iou, generalized_box_iou_loss, sigmoid_focal_loss as tv_focal
 
-from retinanet.boxes import BoxCoder
+from retinanet.anchors import AnchorGenerator
+from retinanet.boxes import BoxCoder, batched_box_ioa, batched_box_iou
 from retinanet.config import LossConfig
-from retinanet.losses import DetectionLoss, sigmoid_focal_loss
+from retinanet.losses import DetectionLoss, paired_box_iou, quality_focal_loss, sigmoid_focal_loss
 from retinanet.data.labels import CROWD_LABEL, PAD_LABEL
-from retinanet.matcher import BACKGROUND, IGNORE
+from retinanet.matcher import BACKGROUND, IGNORE, Matcher
 
 
 def test_focal_loss_equals_torchvision():
@@ -106,3 +108,142 @@ def test_batch_without_any_box_slot():
     expected = (0.75 * torch.sigmoid(x) ** 2 * F.softplus(x)).sum()  # every anchor a negative, normaliser 1
     torch.testing.assert_close(out["cls"], expected)
     assert out["box"].item() == 0.0
+
+
+# --- quality focal loss (Li et al. 2020) and the loss options --------------------------------
+
+
+def test_quality_focal_loss_equals_one_hot_reference():
+    n, m, k = 3, 40, 5
+    logits = torch.randn(n, m, k) * 3
+    labels = torch.randint(0, k, (n, m))
+    kind = torch.randint(0, 3, (n, m))  # 0 fg, 1 bg, 2 ignore
+    matches_label = torch.where(kind == 0, labels, torch.where(kind == 1, BACKGROUND, IGNORE))
+    quality = torch.rand(int((kind == 0).sum()))  # one IoU target per foreground anchor, row-major
+    for beta in (2.0, 1.5, 0.0):
+        x = logits.clone().requires_grad_(True)
+        ours = quality_focal_loss(x, matches_label, quality, beta)
+        # Reference: a dense (N, M, K) target, y = IoU at the true class of foreground anchors.
+        target = torch.zeros(n, m, k)
+        target[kind == 0] = F.one_hot(labels[kind == 0], k).float() * quality[:, None]
+        y = logits.clone().requires_grad_(True)
+        bce = F.binary_cross_entropy_with_logits(y, target, reduction="none")
+        ref = ((target - torch.sigmoid(y)).abs().pow(beta) * bce * (kind != 2)[..., None]).sum()
+        torch.testing.assert_close(ours, ref)
+        ours.backward()
+        ref.backward()
+        torch.testing.assert_close(x.grad, y.grad)
+
+
+def test_paired_box_iou_is_the_diagonal_of_box_iou():
+    a = torch.rand(7, 2) * 50
+    a = torch.cat([a, a + torch.rand(7, 2) * 30 + 1], dim=1)
+    b = a + torch.randn(7, 4) * 5
+    b[:, 2:] = torch.maximum(b[:, 2:], b[:, :2] + 1)
+    torch.testing.assert_close(paired_box_iou(a, b), box_iou(a, b).diagonal())
+
+
+def _random_batch(n=3, g=6, k=4, hw=(128, 96), seed=0):
+    """Anchors of a 3-level, 9-per-location generator and a padded batch with crowd slots."""
+    gen = torch.Generator().manual_seed(seed)
+    anchor_gen = AnchorGenerator((32.0, 64.0, 128.0), (1.0, 2 ** (1 / 3), 2 ** (2 / 3)), (0.5, 1.0, 2.0), (8, 16, 32))
+    anchors, counts = anchor_gen(hw)
+    xy = torch.rand(n, g, 2, generator=gen) * 90
+    boxes = torch.cat([xy, xy + torch.rand(n, g, 2, generator=gen) * 80 + 4], dim=-1)
+    labels = torch.randint(0, k, (n, g), generator=gen)
+    labels[torch.rand(n, g, generator=gen) < 0.3] = PAD_LABEL
+    labels[torch.rand(n, g, generator=gen) < 0.1] = CROWD_LABEL
+    m = anchors.shape[0]
+    cls = torch.randn(n, m, k, generator=gen) * 2
+    box = torch.randn(n, m, 4, generator=gen) * 0.5
+    return cls, box, anchors, counts, boxes, labels
+
+
+def _todays_loss(cfg, cls_logits, box_deltas, anchors, gt_boxes, gt_labels):
+    """The loss as it was before the assigner / cls_loss options (paper matcher, focal loss,
+    normaliser momentum 0), written out from the public pieces."""
+    coder = BoxCoder()
+    valid = gt_labels >= 0
+    iou = batched_box_iou(gt_boxes, anchors)
+    crowd = gt_labels == CROWD_LABEL
+    ioa = batched_box_ioa(gt_boxes, anchors).masked_fill(~crowd[:, :, None], 0).max(dim=1).values
+    matches = Matcher(cfg.fg_iou, cfg.bg_iou, cfg.low_quality_matches, cfg.crowd_ioa)(iou, valid, ioa)
+    fg = matches >= 0
+    safe = matches.clamp(min=0)
+    matches_label = torch.where(fg, torch.gather(gt_labels, 1, safe), matches)
+    norm = fg.sum().float().clamp(min=1.0)
+    cls = sigmoid_focal_loss(cls_logits, matches_label, cfg.alpha, cfg.gamma) / norm
+    n_idx, a_idx = fg.nonzero(as_tuple=True)
+    pred = box_deltas[n_idx, a_idx]
+    target_boxes = gt_boxes[n_idx, safe[n_idx, a_idx]]
+    if cfg.box_loss == "smooth_l1":
+        target = coder.encode(target_boxes, anchors[a_idx])
+        box = F.smooth_l1_loss(pred, target, beta=cfg.smooth_l1_beta, reduction="sum")
+    else:
+        box = generalized_box_iou_loss(coder.decode(pred, anchors[a_idx]), target_boxes, reduction="sum")
+    return cls + cfg.box_weight * box / norm
+
+
+def test_default_options_give_exactly_todays_loss():
+    cls, box, anchors, counts, gt_boxes, gt_labels = _random_batch()
+    assert (gt_labels == CROWD_LABEL).any() and (gt_labels == PAD_LABEL).any()
+    for box_loss in ("smooth_l1", "giou"):
+        cfg = LossConfig(box_loss=box_loss, normalizer_momentum=0.0)
+        assert (cfg.assigner, cfg.cls_loss) == ("paper", "focal")  # the defaults
+        x, d = cls.clone().requires_grad_(True), box.clone().requires_grad_(True)
+        x_ref, d_ref = cls.clone().requires_grad_(True), box.clone().requires_grad_(True)
+        for per_level in (None, counts):  # the paper's matcher ignores the level counts
+            ours = DetectionLoss(cfg, BoxCoder(), anchors_per_location=9)(x, d, anchors, gt_boxes, gt_labels, per_level)
+            assert ours["num_fg"] > 0
+            ref = _todays_loss(cfg, x_ref, d_ref, anchors, gt_boxes, gt_labels)
+            assert torch.equal(ours["loss"], ref)
+        ours["loss"].backward()
+        ref.backward()
+        assert torch.equal(x.grad, x_ref.grad) and torch.equal(d.grad, d_ref.grad)
+
+
+def test_quality_focal_option_targets_the_predicted_box_iou():
+    cls, box, anchors, counts, gt_boxes, gt_labels = _random_batch()
+    cfg = LossConfig(cls_loss="quality_focal", normalizer_momentum=0.0)
+    loss = DetectionLoss(cfg, BoxCoder(), anchors_per_location=9)
+    out = loss(cls, box, anchors, gt_boxes, gt_labels)
+    # Same assignment as the focal loss; class target = IoU of the decoded prediction.
+    matches = loss.match(anchors, gt_boxes, gt_labels)
+    fg = matches >= 0
+    safe = matches.clamp(min=0)
+    matches_label = torch.where(fg, torch.gather(gt_labels, 1, safe), matches)
+    n_idx, a_idx = fg.nonzero(as_tuple=True)
+    decoded = BoxCoder().decode(box[n_idx, a_idx], anchors[a_idx])
+    quality = box_iou(decoded, gt_boxes[n_idx, safe[n_idx, a_idx]]).diagonal()
+    expected = quality_focal_loss(cls, matches_label, quality, 2.0) / fg.sum()
+    torch.testing.assert_close(out["cls"], expected)
+    # The target is detached: no gradient reaches the box deltas through the class loss
+    # (box_weight 0 leaves only the class loss's path to them).
+    d = box.clone().requires_grad_(True)
+    cfg.box_weight = 0.0
+    DetectionLoss(cfg, BoxCoder(), anchors_per_location=9)(cls, d, anchors, gt_boxes, gt_labels)["loss"].backward()
+    assert (d.grad == 0).all()
+
+
+def test_atss_option_assigns_with_the_level_counts():
+    cls, box, anchors, counts, gt_boxes, gt_labels = _random_batch()
+    cfg = LossConfig(assigner="atss", normalizer_momentum=0.0)
+    loss = DetectionLoss(cfg, BoxCoder(), anchors_per_location=9)
+    with pytest.raises(ValueError, match="num_per_level"):
+        loss(cls, box, anchors, gt_boxes, gt_labels)
+    out = loss(cls, box, anchors, gt_boxes, gt_labels, counts)
+    assert torch.isfinite(out["loss"]) and out["num_fg"] > 0
+    matches = loss.match(anchors, gt_boxes, gt_labels, counts)
+    # No ignore band: IGNORE only where a crowd region covers a background anchor.
+    no_crowd = gt_labels.clone()
+    no_crowd[no_crowd == CROWD_LABEL] = PAD_LABEL
+    assert (matches == IGNORE).any() and not (loss.match(anchors, gt_boxes, no_crowd, counts) == IGNORE).any()
+    # Empty batches work as with the paper's matcher.
+    empty = loss(cls, box, anchors, torch.zeros(3, 0, 4), torch.zeros(3, 0, dtype=torch.long), counts)
+    assert torch.isfinite(empty["loss"]) and empty["box"].item() == 0.0
+
+
+@pytest.mark.parametrize("field, value", [("assigner", "atts"), ("cls_loss", "qfl"), ("box_loss", "l1")])
+def test_unknown_option_names_the_key(field, value):
+    with pytest.raises(ValueError, match=f"loss.{field}"):
+        DetectionLoss(LossConfig(**{field: value}), BoxCoder())

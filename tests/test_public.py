@@ -69,7 +69,7 @@ def test_cfg_prints_every_field_of_every_config(capsys):
 def test_cfg_prints_one_section_with_docs(capsys):
     assert main(["cfg", "model.anchors"]) == 0
     lines = [line for line in capsys.readouterr().out.splitlines() if not line.startswith("#")]
-    assert [line.split(" = ")[0] for line in lines] == ["model.anchors.sizes", "model.anchors.scales", "model.anchors.ratios"]
+    assert [line.split(" = ")[0] for line in lines] == [f"model.anchors.{k}" for k in ("sizes", "scales", "ratios", "fit")]
     assert all("  # " in line for line in lines)  # each with its doc
     assert main(["cfg", "model.nope"]) == 1
 

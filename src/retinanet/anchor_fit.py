@@ -37,8 +37,10 @@ MEDIUM_MAX_AREA = 96**2
 BUCKETS = ("small", "medium", "large", "all")
 # Boxes used by the fitting loop (subsampled beyond this; the report uses all of them).
 MAX_FIT_BOXES = 20000
-# Decimals of the printed (and evaluated) fitted scales and ratios.
+# Decimals of the printed (and evaluated) fitted sizes, scales and ratios.
 DECIMALS = 3
+# With fit_sizes, the finest level's size starts at this quantile of the box sides.
+SMALL_QUANTILE = 0.05
 
 
 @dataclass
@@ -71,18 +73,27 @@ class AnchorFitReport:
     fitted: AnchorRecall | None = None
 
 
-def letterboxed_boxes(dataset: DetectionDataset, input_size: int) -> tuple[Tensor, int]:
+def letterboxed(dataset: DetectionDataset, input_size: int) -> tuple[Tensor, Tensor, int]:
     """Non-ignored boxes of every record scaled by its letterbox factor (input / longer
-    side), as (B, 4) xyxy input pixels, and the number of boxes left out (ignored or empty)."""
-    out, skipped = [], 0
+    side), as (B, 4) xyxy input pixels, their labels (B,), and the number of boxes left
+    out (ignored or empty)."""
+    out, labels, skipped = [], [], 0
     for r in dataset.records:
         keep = ~r.ignore
         b = torch.from_numpy(r.boxes[keep]) * (input_size / max(r.width, r.height))
         valid = (b[:, 2] > b[:, 0]) & (b[:, 3] > b[:, 1])
         skipped += len(r.boxes) - int(valid.sum())
         out.append(b[valid])
-    boxes = torch.cat(out) if out else torch.zeros(0, 4)
-    return boxes.float(), skipped
+        labels.append(torch.as_tensor(r.labels[keep], dtype=torch.long)[valid])
+    if not out:
+        return torch.zeros(0, 4), torch.zeros(0, dtype=torch.long), skipped
+    return torch.cat(out).float(), torch.cat(labels), skipped
+
+
+def letterboxed_boxes(dataset: DetectionDataset, input_size: int) -> tuple[Tensor, int]:
+    """The boxes of ``letterboxed`` and the number left out."""
+    boxes, _, skipped = letterboxed(dataset, input_size)
+    return boxes, skipped
 
 
 def anchor_generator(cfg: ModelConfig, anchors: AnchorConfig | None = None) -> AnchorGenerator:
@@ -157,14 +168,6 @@ def _centred(w: Tensor, h: Tensor) -> Tensor:
     return torch.stack([-w / 2, -h / 2, w / 2, h / 2], dim=1)
 
 
-def _fitness(boxes: Tensor, cfg: ModelConfig, sizes: tuple[float, ...], log_s: Tensor, log_r: Tensor) -> tuple[float, float]:
-    """(recall, mean IoU of the covered boxes): compared as a pair, recall first."""
-    anchors = AnchorConfig(sizes, tuple(log_s.exp().tolist()), tuple(log_r.exp().tolist()))
-    best = best_anchor_iou(boxes, anchor_generator(cfg, anchors), cfg.input_size)
-    hit = best >= cfg.loss.fg_iou
-    return float(hit.float().mean()), float((best * hit).mean())
-
-
 def _kmeans(
     w: Tensor, h: Tensor, sizes: Tensor, log_s: Tensor, log_r: Tensor, iterations: int = 50
 ) -> tuple[Tensor, Tensor]:
@@ -210,69 +213,112 @@ def fit_anchors(
     generations: int = 300,
     seed: int = 0,
     progress: bool = False,
+    fit_sizes: bool = False,
 ) -> AnchorConfig:
-    """Scales and ratios fitted to ``boxes`` ((B, 4) xyxy input pixels), keeping the
-    config's per-level sizes. With the config's numbers of scales and ratios the result's
-    recall is never below the config's own anchors on these boxes (they are one of the
-    starting points, and the search only accepts changes that keep or raise the recall;
-    beyond MAX_FIT_BOXES boxes this holds on the random subset the search sees).
+    """Scales and ratios fitted to ``boxes`` ((B, 4) xyxy input pixels); with ``fit_sizes``
+    also each level's base size, one per level (the structure stays: every position has
+    the same scales x ratios around its level's size). With the config's numbers of
+    scales and ratios the result's recall is never below the config's own anchors on
+    these boxes (they are one of the starting points, and the search only accepts changes
+    that keep or raise the recall; beyond MAX_FIT_BOXES boxes this holds on the random
+    subset the search sees).
     """
     with _one_thread():
-        return _fit(boxes, cfg, n_scales, n_ratios, generations, seed, progress)
+        return _fit(boxes, cfg, n_scales, n_ratios, generations, seed, progress, fit_sizes)
+
+
+@dataclass
+class _Anchors:
+    """A point of the search, in log space: level sizes (L,), scales (S,), ratios (R,)."""
+
+    sizes: Tensor
+    scales: Tensor
+    ratios: Tensor
+
+    def config(self) -> AnchorConfig:
+        values = lambda t: tuple(round(float(v), DECIMALS) for v in t.exp())  # noqa: E731
+        return AnchorConfig(values(self.sizes), tuple(sorted(values(self.scales))), tuple(sorted(values(self.ratios))))
+
+
+def _fitness(boxes: Tensor, cfg: ModelConfig, a: _Anchors) -> tuple[float, float]:
+    """(recall, mean IoU of the covered boxes): compared as a pair, recall first."""
+    anchors = AnchorConfig(tuple(a.sizes.exp().tolist()), tuple(a.scales.exp().tolist()), tuple(a.ratios.exp().tolist()))
+    best = best_anchor_iou(boxes, anchor_generator(cfg, anchors), cfg.input_size)
+    hit = best >= cfg.loss.fg_iou
+    return float(hit.float().mean()), float((best * hit).mean())
+
+
+def _starts(boxes: Tensor, cfg: ModelConfig, n_scales: int, n_ratios: int, fit_sizes: bool) -> list[_Anchors]:
+    """Starting points: the paper's spacing (scales 2^(i/n) per octave) with ratios at the
+    data's quantiles, the config's own anchors when the counts match, the k-means
+    refinement of each, and with ``fit_sizes`` the same with the finest level's size
+    brought down to the small boxes (each level then moves on its own in the search)."""
+    a = cfg.anchors
+    w, h = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
+    sizes = torch.tensor(a.sizes, dtype=torch.float32).log()
+    even_s = torch.arange(n_scales, dtype=torch.float32) * (math.log(2) / n_scales)
+    quant_r = torch.quantile((h / w).log(), (torch.arange(n_ratios, dtype=torch.float32) + 0.5) / n_ratios)
+    starts = [_Anchors(sizes, even_s, quant_r)]
+    if (n_scales, n_ratios) == (len(a.scales), len(a.ratios)):
+        starts.append(_Anchors(sizes, torch.tensor(a.scales).float().log(), torch.tensor(a.ratios).float().log()))
+    if fit_sizes:
+        finest_stride = 2.0**cfg.fpn.min_level
+        small_side = torch.quantile((w * h).sqrt(), SMALL_QUANTILE).clamp(min=finest_stride)
+        shrunk = sizes.clone()
+        shrunk[0] = torch.minimum(sizes[0], small_side.log())
+        starts += [_Anchors(shrunk, s.scales, s.ratios) for s in list(starts)]
+    refined = [_Anchors(s.sizes, *_kmeans(w, h, s.sizes.exp(), s.scales, s.ratios)) for s in starts]
+    return starts + refined
+
+
+def _evolve(boxes: Tensor, cfg: ModelConfig, best: _Anchors, generations: int, gen: torch.Generator, fit_sizes: bool, progress: bool) -> _Anchors:
+    """YOLOv5's evolution: multiplicative mutations (here additive in log space) of a random
+    subset of the values, kept when the fitness pair does not drop. Level sizes, when
+    they move, stay increasing from level to level."""
+    best_fit = _fitness(boxes, cfg, best)
+    n_l, n_s = len(best.sizes), len(best.scales)
+    for _ in tqdm(range(generations), desc="evolving anchors", disable=not progress, leave=False):
+        sigma = 0.1 * float(torch.rand((), generator=gen))
+        values = torch.cat([best.sizes, best.scales, best.ratios])
+        mask = torch.rand(values.shape, generator=gen) < 0.9
+        if not fit_sizes:
+            mask[:n_l] = False
+        trial = values + mask * torch.randn(values.shape, generator=gen) * sigma
+        t = _Anchors(trial[:n_l], trial[n_l : n_l + n_s], trial[n_l + n_s :])
+        if fit_sizes and not bool((t.sizes[1:] > t.sizes[:-1]).all()):
+            continue
+        f = _fitness(boxes, cfg, t)
+        if f >= best_fit:
+            best_fit, best = f, t
+    return best
 
 
 def _fit(
-    boxes: Tensor, cfg: ModelConfig, n_scales: int | None, n_ratios: int | None, generations: int, seed: int, progress: bool
-) -> AnchorConfig:
+    boxes: Tensor, cfg: ModelConfig, n_scales: int | None, n_ratios: int | None, generations: int, seed: int,
+    progress: bool, fit_sizes: bool,
+) -> AnchorConfig:  # fmt: skip
     a = cfg.anchors
     n_scales = n_scales or len(a.scales)
     n_ratios = n_ratios or len(a.ratios)
     if n_scales < 1 or n_ratios < 1:
         raise ValueError(f"need at least one scale and one ratio, got {n_scales} scales and {n_ratios} ratios")
-    w, h = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
-    ok = (w > 0) & (h > 0)
-    boxes, w, h = boxes[ok], w[ok], h[ok]
+    ok = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
+    boxes = boxes[ok]
     if len(boxes) == 0:
         raise ValueError("no boxes to fit anchors to")
     gen = torch.Generator().manual_seed(seed)
     if len(boxes) > MAX_FIT_BOXES:
-        pick = torch.randperm(len(boxes), generator=gen)[:MAX_FIT_BOXES]
-        boxes, w, h = boxes[pick], w[pick], h[pick]
-    sizes = torch.tensor(a.sizes, dtype=torch.float32)
-    log_aspect = (h / w).log()
-
-    # Starting points: the paper's spacing (scales 2^(i/n) per octave) with ratios at
-    # the data's quantiles, and the config's own anchors when the counts match.
-    even_s = torch.arange(n_scales, dtype=torch.float32) * (math.log(2) / n_scales)
-    quant_r = torch.quantile(log_aspect, (torch.arange(n_ratios, dtype=torch.float32) + 0.5) / n_ratios)
-    starts = [(even_s, quant_r)]
-    if (n_scales, n_ratios) == (len(a.scales), len(a.ratios)):
-        own = (torch.tensor(a.scales).float().log(), torch.tensor(a.ratios).float().log())
-        starts += [own]
-    candidates = list(starts) + [_kmeans(w, h, sizes, s, r) for s, r in starts]
-    scored = [(_fitness(boxes, cfg, a.sizes, s, r), s, r) for s, r in candidates]
-    best_fit, log_s, log_r = max(scored, key=lambda t: t[0])
-
-    # YOLOv5's evolution: multiplicative mutations (here additive in log space) of a random
-    # subset of the values, kept when the fitness pair does not drop.
-    for _ in tqdm(range(generations), desc="evolving anchors", disable=not progress, leave=False):
-        sigma = 0.1 * float(torch.rand((), generator=gen))
-        values = torch.cat([log_s, log_r])
-        mask = torch.rand(values.shape, generator=gen) < 0.9
-        trial = values + mask * torch.randn(values.shape, generator=gen) * sigma
-        t_s, t_r = trial[:n_scales], trial[n_scales:]
-        f = _fitness(boxes, cfg, a.sizes, t_s, t_r)
-        if f >= best_fit:
-            best_fit, log_s, log_r = f, t_s, t_r
-
-    scales = tuple(sorted(round(float(v), DECIMALS) for v in log_s.exp()))
-    ratios = tuple(sorted(round(float(v), DECIMALS) for v in log_r.exp()))
+        boxes = boxes[torch.randperm(len(boxes), generator=gen)[:MAX_FIT_BOXES]]
+    candidates = _starts(boxes, cfg, n_scales, n_ratios, fit_sizes)
+    start = max(candidates, key=lambda c: _fitness(boxes, cfg, c))
+    fitted = _evolve(boxes, cfg, start, generations, gen, fit_sizes, progress).config()
     if (n_scales, n_ratios) == (len(a.scales), len(a.ratios)):
         # Rounding for print can move a box across the threshold: never hand back worse than the config.
-        rounded = _fitness(boxes, cfg, a.sizes, torch.tensor(scales).log(), torch.tensor(ratios).log())
-        if rounded < _fitness(boxes, cfg, a.sizes, *starts[-1]):
+        own = _Anchors(*(torch.tensor(v).float().log() for v in (a.sizes, a.scales, a.ratios)))
+        rounded = _Anchors(*(torch.tensor(v).float().log() for v in (fitted.sizes, fitted.scales, fitted.ratios)))
+        if _fitness(boxes, cfg, rounded) < _fitness(boxes, cfg, own):
             return AnchorConfig(tuple(a.sizes), tuple(a.scales), tuple(a.ratios))
-    return AnchorConfig(tuple(a.sizes), scales, ratios)
+    return fitted if fit_sizes else AnchorConfig(tuple(a.sizes), fitted.scales, fitted.ratios)
 
 
 def anchor_report(

@@ -24,7 +24,9 @@ from tqdm import tqdm
 
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import DataConfig, ModelConfig, RunConfig, TrainConfig, from_dict, save_yaml, to_dict
+from .coverage import fit_to_data, format_table
 from .data.dataset import DetectionDataset
+from .data.splits import load_split, resolve_val_split
 from .history import write_results_csv
 from .model import RetinaNet
 from .optim import NonFiniteLossError, build_optimizer, clip_gradients, ema_avg_fn, non_finite, warmup_cosine
@@ -34,42 +36,7 @@ FITNESS_KEY = "AP"  # checkpoint "best" = highest COCO AP@[.5:.95] on the valida
 LOSS_KEYS = ("loss", "cls", "box")  # of model.loss, averaged over an epoch's images into train_*
 
 
-# ----------------------------------------------------------------------------- data and run folder
-
-
-def load_split(cfg: RunConfig, split: str, progress: bool = True) -> DetectionDataset:
-    source = cfg.data.source
-    if source == "synthetic":
-        from .data.synthetic import load_synthetic
-
-        return load_synthetic(split, seed=0, progress=progress)
-    from .data import load_dataset
-
-    return load_dataset(source, split=split, check=True, drop_bad=cfg.data.drop_bad, progress=progress)
-
-
-def resolve_val_split(cfg: RunConfig) -> str | None:
-    """The split to validate on; 'auto' prefers a val split, then a test split, and falls
-    back (with a warning) to the training images when the source defines neither."""
-    name = cfg.data.val_split
-    if name.lower() == "none":
-        return None
-    if name != "auto":
-        return name
-    if cfg.data.source == "synthetic":
-        return "val"
-    from .data import available_splits
-
-    splits = available_splits(cfg.data.source)
-    for prefix in ("val", "test"):
-        for split in splits:
-            if split.lower().startswith(prefix):
-                return split
-    tqdm.write(
-        f"warning: {cfg.data.source} defines no val or test split; validating on the training images "
-        "(the scores will be optimistic; set data.val_split)"
-    )
-    return cfg.data.train_split
+# ----------------------------------------------------------------------------- run folder
 
 
 def next_run_dir(out: str, name: str) -> Path:
@@ -122,6 +89,11 @@ class Trainer:
         seed_everything(t.seed)
         self._load_data(train_data, val_data)
         cfg.model.num_classes = self.train_data.num_classes
+        # Input size and anchors fitted to the data before the model is built; a resumed
+        # run (its weights come from a checkpoint) keeps its anchors and is only measured.
+        fit = load_backbone_weights and cfg.model.anchors.fit
+        self.coverage = fit_to_data(cfg.model, self.train_data, fit=fit, seed=t.seed)
+        cfg.model = self.coverage.cfg
         self.model = self._build_model(load_backbone_weights)
         self.optimizer = build_optimizer(self.model, t.optimizer, t.lr, t.momentum, t.weight_decay, setting="train.optimizer")
         self.ema = (
@@ -151,14 +123,14 @@ class Trainer:
         """Rank 0 reads (and for the synthetic set, renders) the data first; the others follow."""
         cfg, main = self.cfg, self.dist.is_main
         if main or train_data is not None:
-            self.train_data = train_data or load_split(cfg, cfg.data.train_split, self.progress)
+            self.train_data = train_data or load_split(cfg.data, cfg.data.train_split, self.progress)
         self._barrier()
         if not main and train_data is None:
-            self.train_data = load_split(cfg, cfg.data.train_split, progress=False)
+            self.train_data = load_split(cfg.data, cfg.data.train_split, progress=False)
         self.val_data = val_data
-        val_split = resolve_val_split(cfg) if val_data is None and main else None
+        val_split = resolve_val_split(cfg.data) if val_data is None and main else None
         if val_split is not None:
-            self.val_data = load_split(cfg, val_split, self.progress)
+            self.val_data = load_split(cfg.data, val_split, self.progress)
         if len(self.train_data) == 0:
             raise ValueError(f"{cfg.data.source}: split {cfg.data.train_split!r} has no images")
 
@@ -191,7 +163,11 @@ class Trainer:
         )
 
     def _report_data(self) -> None:
-        """Say what the data checks fixed or warned about, and keep the full reports."""
+        """Say what the data checks fixed or warned about and how well the anchors cover
+        the boxes, and keep the full reports."""
+        for line in self.coverage.lines:
+            tqdm.write(line)
+        (self.run_dir / "anchors.txt").write_text("\n".join([*self.coverage.lines, "", format_table(self.coverage.after)]) + "\n")
         for split, ds in (("train", self.train_data), ("val", self.val_data)):
             report = getattr(ds, "report", None) if ds is not None else None
             if report is None:

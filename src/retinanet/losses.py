@@ -1,4 +1,4 @@
-"""Focal loss and box losses for the whole batch at once, as tensors.
+"""Class losses (focal, quality focal) and box losses for the whole batch at once, as tensors.
 
 torchvision's RetinaNet matches and computes its losses image by image in Python; here
 one call covers the padded batch: (N, G) boxes against (M,) anchors.
@@ -12,10 +12,14 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.ops import generalized_box_iou_loss
 
-from .boxes import BoxCoder, batched_box_ioa, batched_box_iou
+from .boxes import BoxCoder, area, batched_box_ioa, batched_box_iou
 from .config import LossConfig
 from .data.labels import CROWD_LABEL, PAD_LABEL
-from .matcher import BACKGROUND, IGNORE, Matcher
+from .matcher import BACKGROUND, IGNORE, ATSSMatcher, Matcher
+
+ASSIGNERS = ("paper", "atss")
+CLS_LOSSES = ("focal", "quality_focal")
+BOX_LOSSES = ("smooth_l1", "giou")
 
 
 def sigmoid_focal_loss(logits: Tensor, matches_label: Tensor, alpha: float = 0.25, gamma: float = 2.0) -> Tensor:
@@ -41,25 +45,72 @@ def sigmoid_focal_loss(logits: Tensor, matches_label: Tensor, alpha: float = 0.2
     return total
 
 
-class DetectionLoss(nn.Module):
-    """Matching + focal loss + box loss, each divided by a running count of foreground anchors.
+def quality_focal_loss(logits: Tensor, matches_label: Tensor, fg_quality: Tensor, beta: float = 2.0) -> Tensor:
+    """Summed quality focal loss (Li et al. 2020, "Generalized Focal Loss", eq. 5) without a
+    one-hot target tensor: |y - p|^beta * BCE(x, y) over every (anchor, class) entry.
 
-    The count is summed over processes under torch.distributed and divided by the world
-    size, so DDP's gradient average equals the single-process loss on the global batch.
+    logits: (N, M, K); matches_label: (N, M) as for sigmoid_focal_loss; fg_quality: (F,)
+    the target y of the true class of each foreground anchor (its IoU), in the row-major
+    order of ``matches_label >= 0``. Every other entry has target 0, so it is first scored
+    as p^beta (-log(1 - p)) everywhere; the true-class entry of each foreground anchor is
+    then swapped for |y - p|^beta BCE(x, y). No alpha: GFL drops it.
+    """
+    x = logits.float()
+    p = torch.sigmoid(x)
+    p_beta = p * p if beta == 2.0 else p.pow(beta)
+    neg = (p_beta * F.softplus(x)).sum(dim=-1)  # (N, M): BCE(x, 0) = -log(1-p) = softplus(x)
+    total = neg[matches_label != IGNORE].sum()
+    fg = matches_label >= 0
+    if fg.any():
+        x_fg = x[fg].gather(1, matches_label[fg][:, None]).squeeze(1)  # (F,) logit of the true class
+        p_fg = torch.sigmoid(x_fg)
+        y = fg_quality.to(x_fg.dtype)
+        pos = (y - p_fg).abs().pow(beta) * F.binary_cross_entropy_with_logits(x_fg, y, reduction="none")
+        total = total - (p_fg.pow(beta) * F.softplus(x_fg)).sum() + pos.sum()
+    return total
+
+
+def paired_box_iou(a: Tensor, b: Tensor) -> Tensor:
+    """IoU of each box of ``a`` with the box of ``b`` at the same index: (F, 4), (F, 4) -> (F,)."""
+    lt = torch.maximum(a[:, :2], b[:, :2])
+    rb = torch.minimum(a[:, 2:], b[:, 2:])
+    inter = (rb - lt).clamp(min=0).prod(dim=-1)
+    return inter / (area(a) + area(b) - inter).clamp(min=1e-9)
+
+
+class DetectionLoss(nn.Module):
+    """Assignment + class loss + box loss, each divided by a running count of foreground anchors.
+
+    Assignment: the paper's IoU matcher or ATSS (``cfg.assigner``); class loss: focal or
+    quality focal (``cfg.cls_loss``). The count is summed over processes under
+    torch.distributed and divided by the world size, so DDP's gradient average equals the
+    single-process loss on the global batch. ``anchors_per_location`` (A) only matters to
+    ATSS, which takes atss_topk locations, i.e. atss_topk * A anchors, per level.
     """
 
-    def __init__(self, cfg: LossConfig, box_coder: BoxCoder):
+    def __init__(self, cfg: LossConfig, box_coder: BoxCoder, anchors_per_location: int = 1):
         super().__init__()
-        if cfg.box_loss not in ("smooth_l1", "giou"):
-            raise ValueError(f"loss.box_loss must be 'smooth_l1' or 'giou', got {cfg.box_loss!r}")
+        for key, value, allowed in (
+            ("box_loss", cfg.box_loss, BOX_LOSSES),
+            ("assigner", cfg.assigner, ASSIGNERS),
+            ("cls_loss", cfg.cls_loss, CLS_LOSSES),
+        ):
+            if value not in allowed:
+                raise ValueError(f"loss.{key} must be one of {', '.join(map(repr, allowed))}, got {value!r}")
         self.cfg = cfg
         self.box_coder = box_coder
-        self.matcher = Matcher(cfg.fg_iou, cfg.bg_iou, cfg.low_quality_matches, cfg.crowd_ioa)
+        if cfg.assigner == "atss":
+            self.matcher = ATSSMatcher(cfg.atss_topk, anchors_per_location, cfg.crowd_ioa)
+        else:
+            self.matcher = Matcher(cfg.fg_iou, cfg.bg_iou, cfg.low_quality_matches, cfg.crowd_ioa)
         # Running foreground count; -1 until the first training batch sets it.
         self.register_buffer("fg_running", torch.tensor(-1.0))
 
-    def match(self, anchors: Tensor, gt_boxes: Tensor, gt_labels: Tensor) -> Tensor:
-        """(N, M) matched box index per anchor, or BACKGROUND / IGNORE."""
+    def match(
+        self, anchors: Tensor, gt_boxes: Tensor, gt_labels: Tensor, num_per_level: list[int] | None = None
+    ) -> Tensor:
+        """(N, M) matched box index per anchor, or BACKGROUND / IGNORE. ATSS needs
+        ``num_per_level``, the anchors per pyramid level (model.anchors()'s second output)."""
         valid = gt_labels >= 0
         iou = batched_box_iou(gt_boxes, anchors)  # (N, G, M)
         crowd_ioa = None
@@ -67,6 +118,10 @@ class DetectionLoss(nn.Module):
         if crowd.any():
             ioa = batched_box_ioa(gt_boxes, anchors).masked_fill(~crowd[:, :, None], 0)  # (N, G, M)
             crowd_ioa = ioa.max(dim=1).values  # (N, M)
+        if isinstance(self.matcher, ATSSMatcher):
+            if num_per_level is None:
+                raise ValueError("loss.assigner='atss' needs the anchors per level: pass num_per_level")
+            return self.matcher(iou, valid, gt_boxes, anchors, list(num_per_level), crowd_ioa)
         return self.matcher(iou, valid, crowd_ioa)
 
     def normalizer(self, num_fg: Tensor) -> Tensor:
@@ -85,37 +140,57 @@ class DetectionLoss(nn.Module):
                 self.fg_running.mul_(m).add_((1 - m) * num_fg)
         return self.fg_running.clone()
 
+    def class_loss(
+        self, cls_logits: Tensor, matches_label: Tensor, pred: Tensor, target_boxes: Tensor, fg_anchors: Tensor
+    ) -> Tensor:
+        """Summed class loss. pred (F, 4) deltas, target_boxes (F, 4), fg_anchors (F, 4) of the
+        foreground anchors in the row-major order of ``matches_label >= 0``."""
+        if self.cfg.cls_loss == "focal":
+            return sigmoid_focal_loss(cls_logits, matches_label, self.cfg.alpha, self.cfg.gamma)
+        # GFL: the IoU is a label (detached); the box branch learns from the box loss only.
+        with torch.no_grad():
+            quality = paired_box_iou(self.box_coder.decode(pred, fg_anchors), target_boxes)  # (F,)
+        return quality_focal_loss(cls_logits, matches_label, quality, self.cfg.qfl_beta)
+
+    def box_loss(self, pred: Tensor, target_boxes: Tensor, fg_anchors: Tensor) -> Tensor:
+        """Summed box loss of the foreground anchors: pred (F, 4) deltas, targets (F, 4) xyxy."""
+        if self.cfg.box_loss == "smooth_l1":
+            target = self.box_coder.encode(target_boxes, fg_anchors)
+            return F.smooth_l1_loss(pred, target, beta=self.cfg.smooth_l1_beta, reduction="sum")
+        decoded = self.box_coder.decode(pred, fg_anchors)
+        return generalized_box_iou_loss(decoded, target_boxes, reduction="sum")
+
     def forward(
-        self, cls_logits: Tensor, box_deltas: Tensor, anchors: Tensor, gt_boxes: Tensor, gt_labels: Tensor
+        self,
+        cls_logits: Tensor,
+        box_deltas: Tensor,
+        anchors: Tensor,
+        gt_boxes: Tensor,
+        gt_labels: Tensor,
+        num_per_level: list[int] | None = None,
     ) -> dict[str, Tensor]:
         """cls_logits (N, M, K), box_deltas (N, M, 4), anchors (M, 4),
-        gt_boxes (N, G, 4) xyxy pixels, gt_labels (N, G) long (PAD_LABEL / CROWD_LABEL allowed).
+        gt_boxes (N, G, 4) xyxy pixels, gt_labels (N, G) long (PAD_LABEL / CROWD_LABEL allowed),
+        num_per_level: anchors per pyramid level (needed by ATSS, unused by the paper's matcher).
         Returns {'loss', 'cls', 'box', 'num_fg'}."""
         if gt_labels.shape[1] == 0:  # no boxes in the whole batch: one padding slot keeps gathers valid
             gt_boxes = gt_boxes.new_zeros(gt_boxes.shape[0], 1, 4)
             gt_labels = gt_labels.new_full((gt_labels.shape[0], 1), PAD_LABEL)
         with torch.no_grad():
-            matches = self.match(anchors, gt_boxes.float(), gt_labels)  # (N, M)
+            matches = self.match(anchors, gt_boxes.float(), gt_labels, num_per_level)  # (N, M)
             fg = matches >= 0
             safe = matches.clamp(min=0)
             matched_labels = torch.gather(gt_labels, 1, safe)  # (N, M)
             matches_label = torch.where(fg, matched_labels, matches)  # class, BACKGROUND or IGNORE
             num_fg = fg.sum().float()
         norm = self.normalizer(num_fg)
-        cls = sigmoid_focal_loss(cls_logits, matches_label, self.cfg.alpha, self.cfg.gamma) / norm
-
-        n_idx, a_idx = fg.nonzero(as_tuple=True)
+        n_idx, a_idx = fg.nonzero(as_tuple=True)  # row-major, the order of x[fg] in the class losses
         pred = box_deltas[n_idx, a_idx].float()  # (F, 4)
         target_boxes = gt_boxes[n_idx, safe[n_idx, a_idx]].float()  # (F, 4)
         fg_anchors = anchors[a_idx]
-        if self.cfg.box_loss == "smooth_l1":
-            target = self.box_coder.encode(target_boxes, fg_anchors)
-            box = F.smooth_l1_loss(pred, target, beta=self.cfg.smooth_l1_beta, reduction="sum")
-        else:
-            decoded = self.box_coder.decode(pred, fg_anchors)
-            box = generalized_box_iou_loss(decoded, target_boxes, reduction="sum")
-        box = self.cfg.box_weight * box / norm
+        cls = self.class_loss(cls_logits, matches_label, pred, target_boxes, fg_anchors) / norm
+        box = self.cfg.box_weight * self.box_loss(pred, target_boxes, fg_anchors) / norm
         return {"loss": cls + box, "cls": cls.detach(), "box": box.detach(), "num_fg": num_fg}
 
 
-__all__ = ["sigmoid_focal_loss", "DetectionLoss", "BACKGROUND", "IGNORE"]
+__all__ = ["sigmoid_focal_loss", "quality_focal_loss", "paired_box_iou", "DetectionLoss", "BACKGROUND", "IGNORE"]

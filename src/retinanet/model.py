@@ -31,6 +31,11 @@ class RetinaNet(nn.Module):
         category_ids: list[int] | None = None,
     ):
         super().__init__()
+        if not isinstance(cfg.input_size, int):
+            raise ValueError(
+                f"model.input_size={cfg.input_size!r}: a model needs a number of pixels "
+                "('auto' is resolved from the training data when `retinanet train` starts)"
+            )
         self.cfg = cfg
         self.backbone = backbone if backbone is not None else build_backbone(cfg.backbone)
         self.fpn = fpn if fpn is not None else FPN(
@@ -56,7 +61,7 @@ class RetinaNet(nn.Module):
             prior_prob=cfg.head.prior_prob,
         )
         self.box_coder = BoxCoder()
-        self.criterion = DetectionLoss(cfg.loss, self.box_coder)
+        self.criterion = DetectionLoss(cfg.loss, self.box_coder, self.anchor_generator.num_anchors)
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
         if class_names is not None and len(class_names) != cfg.num_classes:
@@ -121,10 +126,10 @@ class RetinaNet(nn.Module):
         """outputs of forward; gt_boxes (N, G, 4) xyxy input pixels; gt_labels (N, G) with
         PAD_LABEL for padding and CROWD_LABEL for ignore regions."""
         cls_logits, box_deltas = outputs
-        anchors, _ = self.anchors(image_hw)
+        anchors, counts = self.anchors(image_hw)
         if anchors.shape[0] != cls_logits.shape[1]:
             raise RuntimeError(f"{anchors.shape[0]} anchors but the head produced {cls_logits.shape[1]} predictions")
-        return self.criterion(cls_logits, box_deltas, anchors, gt_boxes, gt_labels)
+        return self.criterion(cls_logits, box_deltas, anchors, gt_boxes, gt_labels, counts)
 
     def postprocess(
         self,

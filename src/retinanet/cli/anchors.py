@@ -33,8 +33,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..data import load_dataset
     from ..anchor_fit import anchor_report, format_report, plot_report
+    from ..coverage import fit_to_data, format_table
+    from ..data import load_dataset
 
     cfg = preset(args.preset)
     bad = [o for o in args.overrides if not o.startswith(MODEL_PREFIX)]
@@ -48,9 +49,14 @@ def run(args: argparse.Namespace) -> int:
     if args.fit is not None and min(args.fit) < 1:
         raise ValueError(f"--fit needs at least 1 scale and 1 ratio, got {args.fit[0]} {args.fit[1]}")
     dataset = load_dataset(args.source, args.split, check="header")
+    check = fit_to_data(cfg, dataset, fit=False)  # what `retinanet train` measures before its first step
+    cfg = check.cfg  # input_size=auto resolved
     report = anchor_report(dataset, cfg, fit=tuple(args.fit) if args.fit else None, seed=args.seed, progress=True)
     print(f"{args.source} [{args.split}]: {len(dataset)} images, preset {args.preset}")
     print(format_report(report))
+    print(format_table(check.after))
+    for line in check.lines[1:]:  # auto input size, classes at risk
+        print(line)
     if args.fit:
         extra = "".join(f" {o}" for o in args.overrides if not o.startswith("model.anchors.scales=") and not o.startswith("model.anchors.ratios="))
         size = f" model.input_size={cfg.input_size}" if args.input_size is not None else ""

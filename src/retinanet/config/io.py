@@ -39,7 +39,12 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
         args = [a for a in typing.get_args(tp) if a is not type(None)]
         if value is None:
             return None
-        return _coerce(value, args[0], where)
+        for arg in args[:-1]:  # the first type the value fits, in the order written
+            try:
+                return _coerce(value, arg, where)
+            except ConfigError:
+                pass
+        return _coerce(value, args[-1], where)
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
             raise ConfigError(f"{where}: expected a mapping, got {value!r}")

@@ -52,6 +52,9 @@ class AnchorConfig:
     """Multipliers of the base size at every position."""
     ratios: tuple[float, ...] = PAPER_ANCHOR_RATIOS
     """Aspect ratios (height / width) at every position."""
+    fit: bool = True
+    """At the start of training, fit each level's size to the data when the anchors cover its
+    boxes poorly (coverage.py); the coverage check runs and reports either way."""
 
 
 @dataclass
@@ -88,6 +91,16 @@ class LossConfig:
     """Background anchors covered this much (intersection / anchor area) by a crowd region are ignored."""
     normalizer_momentum: float = 0.9
     """Momentum of the running foreground count the losses are divided by (0 = this batch only)."""
+    assigner: str = "paper"
+    """'paper' (the fixed thresholds fg_iou / bg_iou) or 'atss' (a threshold per box from the IoUs of
+    its nearest anchors; Zhang et al. 2020)."""
+    atss_topk: int = 9
+    """ATSS candidate locations per level and box, nearest by centre distance (paper: 9)."""
+    cls_loss: str = "focal"
+    """'focal' (Lin et al. 2017) or 'quality_focal' (GFL, Li et al. 2020: the class target is the
+    predicted box's IoU with its ground truth)."""
+    qfl_beta: float = 2.0
+    """Focusing exponent beta of the quality focal loss (GFL paper: 2)."""
 
 
 @dataclass
@@ -110,8 +123,9 @@ class ModelConfig:
     """Name of the preset these values came from (for the record only)."""
     num_classes: int = 80
     """Number of object classes K (no background class)."""
-    input_size: int = 320
-    """Longest side images are letterboxed to (training and evaluation pad to the square)."""
+    input_size: int | str = 320
+    """Longest side images are letterboxed to (training and evaluation pad to the square);
+    'auto' picks 320, 416, 512 or 640 from the training boxes' sizes when training starts."""
     rect: bool = True
     """predict() and exported graphs pad the letterboxed image only up to a multiple of
     RECT_STRIDE instead of the full square (a 4:3 photo runs at 320 x 256). Training and

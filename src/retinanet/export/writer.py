@@ -127,6 +127,9 @@ def _metadata(model: nn.Module, size: int, rect: bool, post: PostprocessConfig, 
         "max_detections": str(rows),
         "topk": str(post.topk),
         "preset": str(model.cfg.preset),
+        # The anchors the graph was built with (fitted to the training data when coverage.py
+        # fitted them): per-level sizes, scales and ratios, as in model.anchors.
+        "anchors": json.dumps({k: list(getattr(model.cfg.anchors, k)) for k in ("sizes", "scales", "ratios")}),
         "precision": "fp32",
     }
 
