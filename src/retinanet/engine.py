@@ -26,7 +26,7 @@ from .checkpoint import load_checkpoint, save_checkpoint
 from .config import DataConfig, ModelConfig, RunConfig, TrainConfig, from_dict, save_yaml, to_dict
 from .coverage import fit_to_data, format_table
 from .data.dataset import DetectionDataset
-from .data.splits import load_split, resolve_val_split
+from .data.splits import HOLDOUT, hold_out, load_split, resolve_val_split
 from .history import write_results_csv
 from .model import RetinaNet
 from .optim import NonFiniteLossError, build_optimizer, clip_gradients, ema_avg_fn, non_finite, warmup_cosine
@@ -128,8 +128,16 @@ class Trainer:
         if not main and train_data is None:
             self.train_data = load_split(cfg.data, cfg.data.train_split, progress=False)
         self.val_data = val_data
-        val_split = resolve_val_split(cfg.data) if val_data is None and main else None
-        if val_split is not None:
+        val_split = resolve_val_split(cfg.data) if val_data is None else None
+        if val_split == HOLDOUT:  # on every process: they all train on the same reduced split
+            self.train_data, held = hold_out(self.train_data, cfg.data.holdout)
+            self.val_data = held if main else None
+            if main:
+                tqdm.write(
+                    f"{cfg.data.source} has no val split: validating on {len(held)} of the training images, held out "
+                    f"by file name (data.holdout={cfg.data.holdout:g}); a test split is never used to pick best.pt"
+                )
+        elif val_split is not None and main:
             self.val_data = load_split(cfg.data, val_split, self.progress)
         if len(self.train_data) == 0:
             raise ValueError(f"{cfg.data.source}: split {cfg.data.train_split!r} has no images")

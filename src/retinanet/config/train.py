@@ -40,7 +40,11 @@ class DataConfig:
     train_split: str = "train"
     """Split trained on."""
     val_split: str = "auto"
-    """Split evaluated each epoch: a name, 'none', or 'auto' (val, else test, else the training images)."""
+    """Split evaluated each epoch (best.pt is chosen on it): a name, 'none', or 'auto' (the
+    source's val split, else a fixed held-out part of the training split; never a test split)."""
+    holdout: float = 0.2
+    """Share of the training images held out for validation when 'auto' finds no val split
+    (every 1/holdout-th image by file name, so every run holds out the same ones)."""
     workers: int = -1
     """DataLoader worker processes (0 = load in the main process; -1 = auto: none on a machine
     with 2 cores or fewer, where workers only take cores from the network, else up to 4)."""

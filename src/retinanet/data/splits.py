@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from tqdm import tqdm
-
 from ..config import DataConfig
 from .dataset import DetectionDataset
 from .spec import available_splits, load_dataset
@@ -18,9 +16,13 @@ def load_split(data: DataConfig, split: str, progress: bool = True) -> Detection
     return load_dataset(source, split=split, check=True, drop_bad=data.drop_bad, progress=progress)
 
 
+HOLDOUT = "holdout"  # resolve_val_split's answer when the validation images come out of train
+
+
 def resolve_val_split(data: DataConfig) -> str | None:
-    """The split to validate on; 'auto' prefers a val split, then a test split, and falls
-    back (with a warning) to the training images when the source defines neither."""
+    """The split to validate on: a named one, None for 'none', or for 'auto' the source's
+    val split and else HOLDOUT (a part of the training split). A test split is never
+    chosen: best.pt would then be picked on the data the model is judged on."""
     name = data.val_split
     if name.lower() == "none":
         return None
@@ -28,13 +30,25 @@ def resolve_val_split(data: DataConfig) -> str | None:
         return name
     if data.source == "synthetic":
         return "val"
-    splits = available_splits(data.source)
-    for prefix in ("val", "test"):
-        for split in splits:
-            if split.lower().startswith(prefix):
-                return split
-    tqdm.write(
-        f"warning: {data.source} defines no val or test split; validating on the training images "
-        "(the scores will be optimistic; set data.val_split)"
+    for split in available_splits(data.source):
+        if split.lower().startswith("val"):
+            return split
+    return HOLDOUT
+
+
+def hold_out(train: DetectionDataset, fraction: float) -> tuple[DetectionDataset, DetectionDataset]:
+    """(train, val): every round(1 / fraction)-th image by file name goes to val, so the
+    same images are held out in every run, whatever the seed."""
+    if not 0 < fraction < 1:
+        raise ValueError(f"data.holdout must be between 0 and 1, got {fraction}")
+    step = max(2, round(1 / fraction))
+    ordered = sorted(train.records, key=lambda r: (r.image_path.name, str(r.image_path)))
+    held = {id(r) for i, r in enumerate(ordered) if i % step == step - 1}
+    if not held or len(held) == len(ordered):
+        raise ValueError(f"{len(ordered)} training images are too few to hold out a validation part; set data.val_split")
+    kept = [r for r in train.records if id(r) not in held]
+    val = [r for r in train.records if id(r) in held]
+    return (
+        DetectionDataset(kept, train.class_names, train.category_ids, train.root, train.format, report=train.report),
+        DetectionDataset(val, train.class_names, train.category_ids, train.root, train.format),
     )
-    return data.train_split
