@@ -1,6 +1,6 @@
 import pytest
 
-from retinanet.config import ConfigError, ModelConfig, apply_overrides, from_dict, load_yaml, merge, preset, to_dict
+from retinanet.config import ConfigError, ModelConfig, RunConfig, apply_overrides, from_dict, load_yaml, merge, preset, to_dict
 
 
 def test_yaml_plus_overrides(tmp_path):
@@ -30,3 +30,11 @@ def test_bad_values_fail_clearly(item):
 def test_unknown_preset():
     with pytest.raises(ConfigError, match="default"):
         preset("huge")
+
+
+def test_exponent_numbers_without_a_dot():
+    # YAML 1.1 reads 8e-5 as a string; a float setting still takes it as the number.
+    cfg = apply_overrides(RunConfig(), ["train.weight_decay=8e-5", "train.lr=1e-2"])
+    assert cfg.train.weight_decay == 8e-5 and cfg.train.lr == 0.01
+    with pytest.raises(ConfigError, match="expected a number"):
+        apply_overrides(RunConfig(), ["train.lr=fast"])
