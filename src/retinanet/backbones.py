@@ -26,18 +26,21 @@ from .config import BackboneConfig
 MOBILENET_V2_FILE = "mobilenet_v2-b0353104.pth"
 MOBILENET_V2_SHA256 = "b03531047ffacf1e2488318dcd2aba1126cde36e3bfe1aa5cb07700aeeee9889"
 
-FEATURE_STRIDES = (8, 16, 32)
+FEATURE_STRIDES = (8, 16, 32)  # C3, C4, C5; with a P2 level C2 (stride 4) comes first
 
 
 class Backbone(nn.Module):
-    """Runs ``stages`` in order and returns the outputs of the stages ending at strides 8, 16, 32."""
+    """Runs ``stages`` in order and returns the outputs of the stages ending at ``strides``
+    (8, 16, 32: C3, C4, C5; with 4 first, C2 as well)."""
 
-    def __init__(self, stages: list[nn.Module], taps: tuple[int, int, int], out_channels: tuple[int, int, int]):
+    def __init__(
+        self, stages: list[nn.Module], taps: tuple[int, ...], out_channels: tuple[int, ...], strides: tuple[int, ...] = FEATURE_STRIDES
+    ):
         super().__init__()
         self.stages = nn.ModuleList(stages)
-        self.taps = tuple(taps)  # index of the stage whose output is C3, C4, C5
+        self.taps = tuple(taps)  # index of the stage whose output is each of C2.., C3, C4, C5
         self.out_channels = tuple(out_channels)
-        self.strides = FEATURE_STRIDES
+        self.strides = tuple(strides)
 
     def forward(self, x: Tensor) -> list[Tensor]:
         feats = []
@@ -73,11 +76,11 @@ def _probe_stages(layers: list[nn.Module]) -> tuple[list[int], list[int]]:
     return strides, channels
 
 
-def _split_features(features: nn.Sequential) -> Backbone:
+def _split_features(features: nn.Sequential, feature_strides: tuple[int, ...] = FEATURE_STRIDES) -> Backbone:
     """Group torchvision's ``features`` into stages that end where the stride doubles.
 
-    The taps are the last layers at strides 8, 16 and 32, found by probing, not by
-    hard-coded indices, so any torchvision MobileNet variant works.
+    The taps are the last layers at ``feature_strides`` (8, 16 and 32), found by probing,
+    not by hard-coded indices, so any torchvision MobileNet variant works.
     """
     layers = list(features)
     strides, channels = _probe_stages(layers)
@@ -93,8 +96,8 @@ def _split_features(features: nn.Sequential) -> Backbone:
         end += len(s)
         stage_strides.append(strides[end - 1])
         stage_channels.append(channels[end - 1])
-    taps = tuple(stage_strides.index(s) for s in FEATURE_STRIDES)
-    return Backbone(stages, taps, tuple(stage_channels[t] for t in taps))
+    taps = tuple(stage_strides.index(s) for s in feature_strides)
+    return Backbone(stages, taps, tuple(stage_channels[t] for t in taps), feature_strides)
 
 
 # ----------------------------------------------------------------------------- MobileNetV1
@@ -305,8 +308,9 @@ def read_weights_file(path: str | Path) -> tuple[dict[str, Tensor], list[str] | 
     return obj, class_names
 
 
-def build_backbone(cfg: BackboneConfig) -> Backbone:
-    """A backbone from its config, with weights loaded and freezing applied."""
+def build_backbone(cfg: BackboneConfig, feature_strides: tuple[int, ...] = FEATURE_STRIDES) -> Backbone:
+    """A backbone from its config, with weights loaded and freezing applied, returning the
+    features at ``feature_strides``."""
     classifier = build_classifier(cfg.name, cfg.width)
     source = (cfg.weights or "none").strip()
     if source.lower() == "imagenet":
@@ -326,7 +330,7 @@ def build_backbone(cfg: BackboneConfig) -> Backbone:
                 f"{source}: does not hold {cfg.name} (width {cfg.width}) features; "
                 f"missing e.g. {feature_missing[:3]}, unexpected e.g. {unexpected[:3]}"
             )
-    backbone = _split_features(classifier.features)
+    backbone = _split_features(classifier.features, feature_strides)
     if cfg.freeze_bn:
         if source.lower() in ("none", ""):  # 'checkpoint': the weights arrive later, already folded
             warnings.warn(

@@ -1,4 +1,5 @@
-"""Feature pyramid P3..P7 on top of backbone features C3..C5 (Lin et al. 2017, FPN).
+"""Feature pyramid P3..P7 on top of backbone features C3..C5 (Lin et al. 2017, FPN);
+optionally a P2 level (stride 4) from C2 for tiny objects.
 
 Plain: 1x1 laterals, nearest top-down upsampling, 3x3 output convs, P6 by a stride-2 3x3
 conv on C5 and P7 by a stride-2 conv on ReLU(P6), as in the RetinaNet paper.
@@ -30,15 +31,17 @@ def separable_conv(cin: int, cout: int, stride: int = 1, act: bool = True, bias:
 class FPN(nn.Module):
     def __init__(
         self,
-        in_channels: tuple[int, int, int],
+        in_channels: tuple[int, ...],
         channels: int = 256,
         lite: bool = False,
         min_level: int = 3,
         max_level: int = 7,
     ):
         super().__init__()
-        if min_level != 3 or not 5 <= max_level <= 7:
-            raise ValueError(f"levels must run from P3 to P5..P7, got P{min_level}..P{max_level}")
+        if min_level not in (2, 3) or not 5 <= max_level <= 7:
+            raise ValueError(f"levels must run from P2 or P3 to P5..P7, got P{min_level}..P{max_level}")
+        if len(in_channels) != 6 - min_level:
+            raise ValueError(f"P{min_level}..P5 need {6 - min_level} backbone features, got {len(in_channels)}")
         self.lite = lite
         self.num_levels = max_level - min_level + 1
         self.lateral = nn.ModuleList(nn.Conv2d(c, channels, 1) for c in in_channels)
@@ -58,15 +61,15 @@ class FPN(nn.Module):
                     nn.init.zeros_(m.bias)
 
     def forward(self, feats: list[Tensor]) -> list[Tensor]:
-        c3, c4, c5 = feats
-        l5 = self.lateral[2](c5)
-        l4 = self.lateral[1](c4) + F.interpolate(l5, size=c4.shape[-2:], mode="nearest")
-        l3 = self.lateral[0](c3) + F.interpolate(l4, size=c3.shape[-2:], mode="nearest")
-        outs = [self.output[0](l3), self.output[1](l4), self.output[2](l5)]
-        x = outs[-1] if self.lite else c5
+        """feats [C_min .. C5] -> [P_min .. P_max], each (N, C, H_l, W_l)."""
+        laterals = [self.lateral[-1](feats[-1])]  # top-down: from C5 to the finest level
+        for conv, c in zip(reversed(self.lateral[:-1]), reversed(feats[:-1])):
+            laterals.insert(0, conv(c) + F.interpolate(laterals[0], size=c.shape[-2:], mode="nearest"))
+        outs = [conv(x) for conv, x in zip(self.output, laterals)]
+        x = outs[-1] if self.lite else feats[-1]
         for i, conv in enumerate(self.extra):
             if not self.lite and i > 0:
                 x = F.relu(x)
             x = conv(x)
             outs.append(x)
-        return outs  # [P3 .. P7], each (N, C, H_l, W_l)
+        return outs

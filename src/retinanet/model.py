@@ -37,7 +37,9 @@ class RetinaNet(nn.Module):
                 "('auto' is resolved from the training data when `retinanet train` starts)"
             )
         self.cfg = cfg
-        self.backbone = backbone if backbone is not None else build_backbone(cfg.backbone)
+        # C3..C5 (strides 8, 16, 32), and C2 (stride 4) first when the pyramid starts at P2.
+        feature_strides = tuple(2**lv for lv in range(cfg.fpn.min_level, 6))
+        self.backbone = backbone if backbone is not None else build_backbone(cfg.backbone, feature_strides)
         self.fpn = fpn if fpn is not None else FPN(
             self.backbone.out_channels, cfg.fpn.channels, cfg.fpn.lite, cfg.fpn.min_level, cfg.fpn.max_level
         )

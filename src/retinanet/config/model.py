@@ -39,7 +39,8 @@ class FPNConfig:
     lite: bool = True
     """Depthwise-separable 3x3 convs with batch norm and ReLU6 (FPNLite) instead of plain 3x3 convs."""
     min_level: int = 3
-    """Finest pyramid level (P3 = stride 8)."""
+    """Finest pyramid level: 3 (P3, stride 8), or 2 for tiny objects (P2, stride 4, from the
+    backbone's stride-4 features; give model.anchors.sizes one more entry, e.g. 16 first)."""
     max_level: int = 7
     """Coarsest pyramid level (P7 = stride 128); levels above 5 are made by stride-2 convs."""
 
