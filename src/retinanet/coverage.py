@@ -2,11 +2,11 @@
 learn from at this input size?
 
 At the start of a run (engine.Trainer) the training boxes, letterboxed to the input size,
-are measured against the anchors: best possible recall (BPR, anchor_fit.py) per class and
-per COCO size bucket, and the share of boxes smaller than the finest level's stride. When
-coverage is poor and ``model.anchors.fit`` is on, each level's anchor size is fitted (the
-scales x ratios at every position stay) and the run keeps the fitted anchors in its config,
-so config.yaml, the checkpoints and the exported model carry them. A class that even fitted
+are measured against the anchors: best possible recall (BPR, anchor_fit.py) overall and per
+class, and the share of boxes smaller than the finest level's stride. When coverage is
+poor and ``model.anchors.fit`` is on, each level's base size is fitted with the scales and
+ratios (every position keeps the same scales x ratios), and the run keeps the fitted
+anchors in its config, so config.yaml, the checkpoints and the exported model carry them. A class that even fitted
 anchors cannot cover is named before training starts, with what to do about it.
 ``model.input_size=auto`` picks the input size from the box sizes first.
 """
@@ -48,7 +48,6 @@ class ClassCoverage:
 @dataclass
 class Coverage:
     input_size: int
-    sizes: tuple[float, ...]
     recall: float
     classes: list[ClassCoverage] = field(default_factory=list)
 
@@ -67,8 +66,9 @@ def measure(boxes: Tensor, labels: Tensor, cfg: ModelConfig, names: list[str]) -
     for k, name in enumerate(names):
         m = labels == k
         if m.any():
-            classes.append(ClassCoverage(name, int(m.sum()), float(hit[m].mean()), float(side[m].median()), float(under[m].mean())))
-    return Coverage(cfg.input_size, tuple(cfg.anchors.sizes), float(hit.mean()) if len(hit) else 1.0, classes)
+            recall, median, small = float(hit[m].mean()), float(side[m].median()), float(under[m].mean())
+            classes.append(ClassCoverage(name, int(m.sum()), recall, median, small))
+    return Coverage(cfg.input_size, float(hit.mean()) if len(hit) else 1.0, classes)
 
 
 def pick_input_size(dataset: DetectionDataset, cfg: ModelConfig) -> tuple[int, str]:
