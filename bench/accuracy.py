@@ -32,12 +32,14 @@ from retinanet.checkpoint import model_from_checkpoint
 from retinanet.config import RunConfig, apply_overrides, preset
 from retinanet.data import load_dataset
 from retinanet.data.dataset import DetectionDataset
+from retinanet.data.splits import hold_out
 from retinanet.engine import Trainer
 from retinanet.evaluation import EvalReport, evaluate
 
 DATASETS = ROOT.parent / "shared" / "datasets"
 AQUARIUM_NAMES = ["fish", "jellyfish", "penguin", "puffin", "shark", "starfish", "stingray"]
 REPORTED = ("AP", "AP50", "AP75", "APs")
+NAMES = ("raccoon", "aquarium", "coco128")
 OUT = ROOT / "bench" / "out" / "accuracy"
 
 
@@ -52,11 +54,8 @@ def _by_name(ds: DetectionDataset) -> list:
 def splits(name: str) -> tuple[DetectionDataset, DetectionDataset, DetectionDataset]:
     """(train, val, test) of a benchmark dataset by the fixed rules of the module doc."""
     if name == "raccoon":
-        full = load_dataset(DATASETS / "raccoon", "train", progress=False)
-        rec = _by_name(full)
-        train = [r for i, r in enumerate(rec) if i % 5 != 4]
-        val = [r for i, r in enumerate(rec) if i % 5 == 4]
-        return _subset(full, train), _subset(full, val), load_dataset(DATASETS / "raccoon", "test", progress=False)
+        train, val = hold_out(load_dataset(DATASETS / "raccoon", "train", progress=False), 0.2)  # every 5th by name
+        return train, val, load_dataset(DATASETS / "raccoon", "test", progress=False)
     if name == "aquarium":
         spec = OUT / "aquarium.yaml"
         spec.parent.mkdir(parents=True, exist_ok=True)
@@ -68,10 +67,8 @@ def splits(name: str) -> tuple[DetectionDataset, DetectionDataset, DetectionData
     if name == "coco128":
         full = load_dataset(DATASETS / "coco128", "train", progress=False)
         rec = _by_name(full)
-        first, test = rec[:96], rec[96:]
-        train = [r for i, r in enumerate(first) if i % 6 != 5]
-        val = [r for i, r in enumerate(first) if i % 6 == 5]
-        return _subset(full, train), _subset(full, val), _subset(full, test)
+        train, val = hold_out(_subset(full, rec[:96]), 1 / 6)  # every 6th of the first 96 by name
+        return train, val, _subset(full, rec[96:])
     raise ValueError(f"unknown dataset {name!r}")
 
 
@@ -99,7 +96,7 @@ def run_ours(name: str, seed: int, args: argparse.Namespace, data: tuple) -> dic
     best = evaluate(model_from_checkpoint(run / "best.pt"), test, plots=False, progress=False)
     return {
         "dataset": name, "seed": seed, "minutes": minutes, "epochs": cfg.train.epochs,
-        "input_size": trainer.cfg.model.input_size, "anchors": next((x for x in reversed(trainer.coverage.lines) if "anchors at" in x), ""),
+        "input_size": trainer.cfg.model.input_size, "anchors": trainer.coverage.fitting[-1],
         "final": _row(final), "best": _row(best), "best_val_AP": trainer.best_fitness,
         "per_class_AP50": {c["class"]: c["AP50"] for c in best.per_class},
     }  # fmt: skip
@@ -152,7 +149,7 @@ def _groups(results: list[dict]) -> dict[tuple[str, str], list[dict]]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("overrides", nargs="*", help="RunConfig overrides for our runs")
-    ap.add_argument("--datasets", nargs="+", default=["raccoon", "aquarium", "coco128"])
+    ap.add_argument("--datasets", nargs="+", default=list(NAMES), choices=NAMES, help="give overrides before this flag")
     ap.add_argument("--seeds", type=int, default=3, help="seeds of raccoon (default 3)")
     ap.add_argument("--seeds-all", action="store_true", help="run --seeds seeds on every dataset")
     ap.add_argument("--epochs", type=int, default=0, help="override the recipe's epochs (short ablations)")

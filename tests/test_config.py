@@ -36,5 +36,7 @@ def test_exponent_numbers_without_a_dot():
     # YAML 1.1 reads 8e-5 as a string; a float setting still takes it as the number.
     cfg = apply_overrides(RunConfig(), ["train.weight_decay=8e-5", "train.lr=1e-2"])
     assert cfg.train.weight_decay == 8e-5 and cfg.train.lr == 0.01
-    with pytest.raises(ConfigError, match="expected a number"):
+    with pytest.raises(ConfigError, match="expected a finite number"):
         apply_overrides(RunConfig(), ["train.lr=fast"])
+    with pytest.raises(ConfigError, match="expected a finite number"):
+        apply_overrides(RunConfig(), ["train.lr=inf"])

@@ -7,7 +7,7 @@ import pytest
 
 from retinanet.config import DataConfig, RunConfig, preset
 from retinanet.data import load_dataset
-from retinanet.data.splits import HOLDOUT, hold_out, resolve_val_split
+from retinanet.data.splits import HOLDOUT, hold_out, resolve_val_split, saved_val_split
 
 
 def test_auto_never_picks_a_test_split(raccoon, coco128, tmp_path):
@@ -47,3 +47,19 @@ def test_a_run_on_train_and_test_validates_on_held_out_training_images(raccoon, 
     assert len(val_names) == 32 and len(train_names) == 128 and not val_names & train_names
     assert not val_names & test_names
     assert "no val split: validating on 32 of the training images" in capsys.readouterr().out
+
+
+def test_runs_saved_before_held_out_validation_resume_on_their_old_split(raccoon):
+    # 'auto' used to mean val, else test: a run saved then must keep validating on test.
+    assert saved_val_split(DataConfig(source=str(raccoon))) == "test"
+    assert saved_val_split(DataConfig(source=str(raccoon), val_split="none")) == "none"
+
+
+def test_too_few_images_to_hold_out_validate_on_train(raccoon):
+    from retinanet.data.dataset import DetectionDataset
+    from retinanet.data.splits import choose_validation
+
+    full = load_dataset(raccoon, "train", check="header", progress=False)
+    tiny = DetectionDataset(full.records[:3], full.class_names, full.category_ids, full.root, full.format)
+    train, val, note = choose_validation(tiny, DataConfig(source=str(raccoon)))
+    assert train is tiny and val is tiny and "too few" in note

@@ -26,7 +26,7 @@ from torch import Tensor
 from torchvision.ops import box_iou
 from tqdm import tqdm
 
-from .anchors import AnchorGenerator
+from .anchors import AnchorGenerator, anchors_for
 from .boxes import batched_box_iou
 from .config import AnchorConfig, ModelConfig
 from .data.dataset import DetectionDataset
@@ -97,13 +97,8 @@ def letterboxed_boxes(dataset: DetectionDataset, input_size: int) -> tuple[Tenso
 
 
 def anchor_generator(cfg: ModelConfig, anchors: AnchorConfig | None = None) -> AnchorGenerator:
-    """The model's anchor generator (same levels and strides as RetinaNet), with ``anchors``
-    in place of ``cfg.anchors`` when given."""
-    a = anchors if anchors is not None else cfg.anchors
-    levels = range(cfg.fpn.min_level, cfg.fpn.max_level + 1)
-    if len(a.sizes) != len(levels):
-        raise ValueError(f"model.anchors.sizes has {len(a.sizes)} entries for {len(levels)} levels")
-    return AnchorGenerator(tuple(a.sizes), tuple(a.scales), tuple(a.ratios), tuple(2**lv for lv in levels))
+    """The model's anchor generator, with ``anchors`` in place of ``cfg.anchors`` when given."""
+    return anchors_for(cfg, anchors)
 
 
 def best_anchor_iou(boxes: Tensor, generator: AnchorGenerator, input_size: int) -> Tensor:

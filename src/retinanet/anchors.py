@@ -15,6 +15,8 @@ import math
 import torch
 from torch import Tensor
 
+from .config import AnchorConfig, ModelConfig
+
 
 @torch.library.custom_op("retinanet::index_div", mutates_args=())
 def index_div(index: Tensor, divisor: int) -> Tensor:
@@ -90,3 +92,16 @@ class AnchorGenerator:
                 per_level.append((centres + self.cell_anchors(level)[None]).reshape(-1, 4))  # (HW*A, 4)
             self._cache[key] = (torch.cat(per_level).to(device), [len(a) for a in per_level])
         return self._cache[key]
+
+
+def anchors_for(cfg: ModelConfig, anchors: AnchorConfig | None = None) -> AnchorGenerator:
+    """The anchor generator of a model config (levels min_level..max_level, stride 2^level),
+    with ``anchors`` in place of ``cfg.anchors`` when given (anchor fitting tries candidates)."""
+    a = anchors if anchors is not None else cfg.anchors
+    levels = range(cfg.fpn.min_level, cfg.fpn.max_level + 1)
+    if len(a.sizes) != len(levels):
+        raise ValueError(
+            f"model.anchors.sizes has {len(a.sizes)} entries for {len(levels)} levels P{cfg.fpn.min_level}..P{cfg.fpn.max_level}"
+        )
+    return AnchorGenerator(tuple(a.sizes), tuple(a.scales), tuple(a.ratios), tuple(2**lv for lv in levels))
+

@@ -31,6 +31,7 @@ REFIT_RECALL = 0.98  # refit below this overall BPR (YOLOv5's autoanchor thresho
 CLASS_REFIT_RECALL = 0.9  # ... or when a class's BPR is below this
 AT_RISK_RECALL = 0.5  # a class below this after fitting is named as at risk
 MIN_CLASS_BOXES = 5  # classes with fewer training boxes are reported but never decide a refit
+MAX_CLASS_LOSS = 0.05  # fitted anchors are refused when a class loses more coverage than this
 
 
 @dataclass
@@ -108,9 +109,18 @@ class FitResult:
     """The model config to train: input size resolved, anchors fitted when that helped."""
     before: Coverage
     after: Coverage
-    lines: list[str]
-    """What to print before training starts."""
+    auto: list[str]
+    """Why model.input_size=auto chose its size (empty when it was a number)."""
+    fitting: list[str]
+    """The coverage before, and after fitting when the anchors were fitted."""
+    risks: list[str]
+    """One warning per class at risk, with the coverage a larger input would give it."""
     at_risk: list[ClassCoverage]
+
+    @property
+    def lines(self) -> list[str]:
+        """What to print before training starts."""
+        return [*self.auto, *self.fitting, *self.risks]
 
 
 def fit_to_data(cfg: ModelConfig, dataset: DetectionDataset, fit: bool = True, seed: int = 0) -> FitResult:
@@ -118,19 +128,23 @@ def fit_to_data(cfg: ModelConfig, dataset: DetectionDataset, fit: bool = True, s
     fit per-level anchor sizes when coverage is poor and ``fit`` is on, and name the
     classes still at risk, with the coverage a larger input would give them. ``cfg``
     itself is not changed."""
-    cfg, lines = resolve_input_size(cfg, dataset)
+    cfg, auto = resolve_input_size(cfg, dataset)
     configured = cfg
-    cfg, before, after, fit_lines = _fit_at(cfg, dataset, fit, seed)
-    lines += fit_lines
+    notes = []
+    if fit and cfg.loss.assigner != "paper":
+        fit = False  # ATSS picks anchors by centre distance and a per-box threshold, not IoU >= fg_iou
+        notes.append(f"model.loss.assigner={cfg.loss.assigner} does not assign by IoU >= fg_iou: anchors measured, not fitted")
+    cfg, before, after, fitting = _fit_at(cfg, dataset, fit, seed)
     at_risk = after.weak(AT_RISK_RECALL)
+    risks = []
     if at_risk:
         larger = {
             size: _fit_at(dataclasses.replace(configured, input_size=size), dataset, fit, seed)[2]
             for size in AUTO_SIZES
             if size > cfg.input_size
         }
-        lines += [_risk_line(c, cfg, larger) for c in at_risk]
-    return FitResult(cfg, before, after, lines, at_risk)
+        risks = [_risk_line(c, cfg, larger) for c in at_risk]
+    return FitResult(cfg, before, after, auto, fitting + notes, risks, at_risk)
 
 
 def _fit_at(cfg: ModelConfig, dataset: DetectionDataset, fit: bool, seed: int) -> tuple[ModelConfig, Coverage, Coverage, list[str]]:
@@ -145,15 +159,18 @@ def _fit_at(cfg: ModelConfig, dataset: DetectionDataset, fit: bool, seed: int) -
     fitted.anchors = fit_anchors(boxes, cfg, fit_sizes=True, seed=seed)
     after = measure(boxes, labels, fitted, names)
     if not _better(after, before):
-        return cfg, before, before, [*lines, "fitted anchors cover no more boxes: keeping the configured ones"]
+        return cfg, before, before, [*lines, "fitted anchors would cover fewer boxes of some class: keeping the configured ones"]
     note = f" (model.anchors.fit; before: {100 * before.recall:.1f}%)"
     return fitted, before, after, [*lines, _summary("fitted anchors", after, fitted) + note]
 
 
 def _better(a: Coverage, b: Coverage) -> bool:
-    """Higher overall recall, or the same with a better worst class."""
-    worst = lambda c: min((x.recall for x in c.classes if x.boxes >= MIN_CLASS_BOXES), default=1.0)  # noqa: E731
-    return (round(a.recall, 4), worst(a)) > (round(b.recall, 4), worst(b))
+    """Fitted anchors ``a`` replace ``b`` when they cover more boxes overall and no class
+    with MIN_CLASS_BOXES boxes or more loses more than MAX_CLASS_LOSS of its coverage: the
+    overall gain must not come out of one class, say the large objects."""
+    before = {x.name: x.recall for x in b.classes if x.boxes >= MIN_CLASS_BOXES}
+    worst_loss = max((before[x.name] - x.recall for x in a.classes if x.name in before), default=0.0)
+    return round(a.recall, 4) > round(b.recall, 4) and worst_loss <= MAX_CLASS_LOSS
 
 
 def _summary(what: str, c: Coverage, cfg: ModelConfig) -> str:

@@ -24,9 +24,9 @@ from tqdm import tqdm
 
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import DataConfig, ModelConfig, RunConfig, TrainConfig, from_dict, save_yaml, to_dict
-from .coverage import fit_to_data, format_table
+from .coverage import FitResult, fit_to_data, format_table
 from .data.dataset import DetectionDataset
-from .data.splits import HOLDOUT, hold_out, load_split, resolve_val_split
+from .data.splits import choose_validation, load_split, saved_val_split
 from .history import write_results_csv
 from .model import RetinaNet
 from .optim import NonFiniteLossError, build_optimizer, clip_gradients, ema_avg_fn, non_finite, warmup_cosine
@@ -65,8 +65,9 @@ class Trainer:
     """One training run. ``fit()`` trains to ``cfg.train.epochs``; ``Trainer.resume(run_dir)``
     rebuilds a run from its last checkpoint and continues it exactly.
 
-    The Trainer works on a copy of ``cfg`` (it fills in the dataset's class count), so the
-    caller's config is left as it was; the run's config.yaml and checkpoints hold the copy.
+    The Trainer works on a copy of ``cfg`` (it fills in the dataset's class count, and the
+    input size and anchors coverage.py fits to the data), so the caller's config is left
+    as it was; the run's config.yaml and checkpoints hold the copy.
     """
 
     def __init__(
@@ -78,6 +79,7 @@ class Trainer:
         train_data: DetectionDataset | None = None,
         val_data: DetectionDataset | None = None,
         load_backbone_weights: bool = True,
+        refit: bool = True,
     ):
         self.cfg = cfg = copy.deepcopy(cfg)
         self.progress = progress
@@ -89,10 +91,7 @@ class Trainer:
         seed_everything(t.seed)
         self._load_data(train_data, val_data)
         cfg.model.num_classes = self.train_data.num_classes
-        # Input size and anchors fitted to the data before the model is built; a resumed
-        # run (its weights come from a checkpoint) keeps its anchors and is only measured.
-        fit = load_backbone_weights and cfg.model.anchors.fit
-        self.coverage = fit_to_data(cfg.model, self.train_data, fit=fit, seed=t.seed)
+        self.coverage = self._fit_to_data(refit and cfg.model.anchors.fit)
         cfg.model = self.coverage.cfg
         self.model = self._build_model(load_backbone_weights)
         self.optimizer = build_optimizer(self.model, t.optimizer, t.lr, t.momentum, t.weight_decay, setting="train.optimizer")
@@ -128,19 +127,22 @@ class Trainer:
         if not main and train_data is None:
             self.train_data = load_split(cfg.data, cfg.data.train_split, progress=False)
         self.val_data = val_data
-        val_split = resolve_val_split(cfg.data) if val_data is None else None
-        if val_split == HOLDOUT:  # on every process: they all train on the same reduced split
-            self.train_data, held = hold_out(self.train_data, cfg.data.holdout)
+        if val_data is None:
+            self.train_data, held, note = choose_validation(self.train_data, cfg.data, load=main, progress=self.progress)
             self.val_data = held if main else None
-            if main:
-                tqdm.write(
-                    f"{cfg.data.source} has no val split: validating on {len(held)} of the training images, held out "
-                    f"by file name (data.holdout={cfg.data.holdout:g}); a test split is never used to pick best.pt"
-                )
-        elif val_split is not None and main:
-            self.val_data = load_split(cfg.data, val_split, self.progress)
+            if note and main:
+                tqdm.write(note)
         if len(self.train_data) == 0:
             raise ValueError(f"{cfg.data.source}: split {cfg.data.train_split!r} has no images")
+
+    def _fit_to_data(self, fit: bool) -> FitResult:
+        """Input size and anchors fitted to the training data before the model is built
+        (coverage.py; a resumed run is only measured). The main process decides and the
+        others receive its result, so every process trains with the same anchors."""
+        result = [fit_to_data(self.cfg.model, self.train_data, fit=fit, seed=self.cfg.train.seed) if self.dist.is_main else None]
+        if self.dist.enabled:
+            dist.broadcast_object_list(result, src=0)
+        return result[0]
 
     def _build_model(self, load_backbone_weights: bool) -> RetinaNet:
         model_cfg = copy.deepcopy(self.cfg.model)
@@ -261,7 +263,9 @@ class Trainer:
             data=from_dict(DataConfig, raw["data"], "data"),
             train=from_dict(TrainConfig, raw["train"], "train"),
         )
-        trainer = cls(cfg, run_dir=ckpt.parent, load_backbone_weights=False, **kwargs)
+        if "holdout" not in raw["data"]:  # saved before held-out validation: the same val images as before
+            cfg.data.val_split = saved_val_split(cfg.data)
+        trainer = cls(cfg, run_dir=ckpt.parent, load_backbone_weights=False, refit=False, **kwargs)
         trainer.load_state(state)
         return trainer
 

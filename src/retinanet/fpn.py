@@ -52,7 +52,7 @@ class FPN(nn.Module):
             )
         else:
             self.output = nn.ModuleList(nn.Conv2d(channels, channels, 3, 1, 1) for _ in in_channels)
-            extra_in = [in_channels[-1]] + [channels] * (max_level - 6)
+            extra_in = ([in_channels[-1]] + [channels] * (max_level - 6))[: max_level - 5]  # P6 from C5, P7 from P6
             self.extra = nn.ModuleList(nn.Conv2d(c, channels, 3, 2, 1) for c in extra_in)
         for m in self.modules():
             if isinstance(m, nn.Conv2d) and m.groups == 1:

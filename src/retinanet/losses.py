@@ -88,7 +88,7 @@ class DetectionLoss(nn.Module):
     ATSS, which takes atss_topk locations, i.e. atss_topk * A anchors, per level.
     """
 
-    def __init__(self, cfg: LossConfig, box_coder: BoxCoder, anchors_per_location: int = 1):
+    def __init__(self, cfg: LossConfig, box_coder: BoxCoder, anchors_per_location: int | None = None):
         super().__init__()
         for key, value, allowed in (
             ("box_loss", cfg.box_loss, BOX_LOSSES),
@@ -100,6 +100,8 @@ class DetectionLoss(nn.Module):
         self.cfg = cfg
         self.box_coder = box_coder
         if cfg.assigner == "atss":
+            if anchors_per_location is None:
+                raise ValueError("loss.assigner=atss needs anchors_per_location (A): it takes atss_topk locations per level")
             self.matcher = ATSSMatcher(cfg.atss_topk, anchors_per_location, cfg.crowd_ioa)
         else:
             self.matcher = Matcher(cfg.fg_iou, cfg.bg_iou, cfg.low_quality_matches, cfg.crowd_ioa)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from .anchors import AnchorGenerator
+from .anchors import anchors_for
 from .backbones import Backbone, build_backbone, fold_bn
 from .boxes import BoxCoder
 from .config import ModelConfig, PostprocessConfig
@@ -44,14 +44,7 @@ class RetinaNet(nn.Module):
             self.backbone.out_channels, cfg.fpn.channels, cfg.fpn.lite, cfg.fpn.min_level, cfg.fpn.max_level
         )
         levels = range(cfg.fpn.min_level, cfg.fpn.max_level + 1)
-        if len(cfg.anchors.sizes) != len(levels):
-            raise ValueError(
-                f"model.anchors.sizes has {len(cfg.anchors.sizes)} entries for {len(levels)} levels "
-                f"P{cfg.fpn.min_level}..P{cfg.fpn.max_level}"
-            )
-        self.anchor_generator = AnchorGenerator(
-            cfg.anchors.sizes, cfg.anchors.scales, cfg.anchors.ratios, tuple(2**lv for lv in levels)
-        )
+        self.anchor_generator = anchors_for(cfg)
         self.head = head if head is not None else RetinaHead(
             cfg.fpn.channels,
             self.anchor_generator.num_anchors,

@@ -4,6 +4,7 @@ anchors fitted to it (printed as config overrides)."""
 from __future__ import annotations
 
 import argparse
+import dataclasses
 
 from ..config import PRESETS, apply_overrides, preset
 
@@ -49,18 +50,18 @@ def run(args: argparse.Namespace) -> int:
     if args.fit is not None and min(args.fit) < 1:
         raise ValueError(f"--fit needs at least 1 scale and 1 ratio, got {args.fit[0]} {args.fit[1]}")
     dataset = load_dataset(args.source, args.split, check="header")
-    check = fit_to_data(cfg, dataset, fit=False)  # what `retinanet train` measures before its first step
-    cfg = check.cfg  # input_size=auto resolved
+    check = fit_to_data(cfg, dataset, fit=cfg.anchors.fit)  # what `retinanet train` does before its first step
+    cfg = dataclasses.replace(cfg, input_size=check.cfg.input_size)  # auto resolved; the configured anchors measured
     report = anchor_report(dataset, cfg, fit=tuple(args.fit) if args.fit else None, seed=args.seed, progress=True)
     print(f"{args.source} [{args.split}]: {len(dataset)} images, preset {args.preset}")
     print(format_report(report))
+    print("\n`retinanet train` with this config starts with:\n" + "\n".join(check.lines))
     print(format_table(check.after))
-    for line in check.lines[1:]:  # auto input size, classes at risk
-        print(line)
     if args.fit:
         extra = "".join(f" {o}" for o in args.overrides if not o.startswith("model.anchors.scales=") and not o.startswith("model.anchors.ratios="))
         size = f" model.input_size={cfg.input_size}" if args.input_size is not None else ""
-        print(f"train with them: retinanet train --data {args.source} --preset {args.preset}{extra}{size} {_fitted(report)}")
+        fixed = " model.anchors.fit=false"  # these scales and ratios, not a refit at the start of training
+        print(f"train with them: retinanet train --data {args.source} --preset {args.preset}{extra}{size} {_fitted(report)}{fixed}")
     if args.plot:
         print(f"plot: {plot_report(report, args.plot)}")
     return 0

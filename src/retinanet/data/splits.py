@@ -52,3 +52,41 @@ def hold_out(train: DetectionDataset, fraction: float) -> tuple[DetectionDataset
         DetectionDataset(kept, train.class_names, train.category_ids, train.root, train.format, report=train.report),
         DetectionDataset(val, train.class_names, train.category_ids, train.root, train.format),
     )
+
+
+def choose_validation(
+    train: DetectionDataset, data: DataConfig, load: bool = True, progress: bool = True
+) -> tuple[DetectionDataset, DetectionDataset | None, str | None]:
+    """(training set, validation set, what to tell the user) for ``data.val_split``. With
+    ``load`` False (the other processes of a torchrun) a named split is not read, but a
+    held-out part is still taken out of train, so every process trains on the same images."""
+    split = resolve_val_split(data)
+    if split is None:
+        return train, None, None
+    if split != HOLDOUT:
+        return train, load_split(data, split, progress) if load else None, None
+    try:
+        kept, held = hold_out(train, data.holdout)
+    except ValueError:
+        return train, train, (
+            f"warning: {data.source} has no val split and its {len(train)} training images are too few to hold "
+            "some out; validating on the training images (the scores will be optimistic; set data.val_split)"
+        )
+    return kept, held, (
+        f"{data.source} has no val split: validating on {len(held)} of the training images, held out by file "
+        f"name (data.holdout={data.holdout:g}); a test split is never used to pick best.pt"
+    )
+
+
+def saved_val_split(data: DataConfig) -> str:
+    """The split a run saved before held-out validation existed validated on ('auto' then
+    meant val, else test, else the training images), so that it resumes on the same images."""
+    if data.val_split != "auto" or data.source == "synthetic":
+        return data.val_split
+    splits = available_splits(data.source)
+    for prefix in ("val", "test"):
+        for split in splits:
+            if split.lower().startswith(prefix):
+                return split
+    return data.train_split
+
