@@ -30,6 +30,7 @@ from .anchors import AnchorGenerator, anchors_for
 from .boxes import batched_box_iou
 from .config import AnchorConfig, ModelConfig
 from .data.dataset import DetectionDataset
+from .figures import figure, literal_text, save_figure
 
 # COCO's size buckets by box area (here in input pixels after letterboxing).
 SMALL_MAX_AREA = 32**2
@@ -369,14 +370,11 @@ def format_report(report: AnchorFitReport) -> str:
     return "\n".join(lines)
 
 
+@literal_text
 def plot_report(report: AnchorFitReport, path: str | Path) -> Path:
     """PNG of the box shapes (width vs height, input pixels, log axes) with the anchor
     shapes of every level drawn over them."""
-    from matplotlib.figure import Figure  # no pyplot: no global backend or display needed
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig = Figure(figsize=(6.4, 6.0), dpi=120)
+    fig = figure(figsize=(6.4, 6.0))
     ax = fig.subplots()
     b = report.boxes
     w, h = (b[:, 2] - b[:, 0]).numpy(), (b[:, 3] - b[:, 1]).numpy()
@@ -402,8 +400,7 @@ def plot_report(report: AnchorFitReport, path: str | Path) -> Path:
     ax.legend(loc="upper left", fontsize=8)
     ax.grid(True, which="both", alpha=0.2)
     fig.tight_layout()
-    fig.savefig(path)
-    return path
+    return save_figure(fig, path)
 
 
 __all__ = [

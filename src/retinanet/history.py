@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
+from .figures import figure, literal_text, save_figure
 
 # One panel of a curve plot: its title and the columns it draws, column -> legend label.
 Panel = tuple[str, dict[str, str]]
@@ -34,19 +35,17 @@ def rows_to_columns(rows: Sequence[dict[str, float]]) -> dict[str, np.ndarray]:
     return {name: np.array([float(row.get(name, float("nan"))) for row in rows]) for name in names}
 
 
+@literal_text
 def plot_curves(columns: dict[str, np.ndarray], path: str | Path, panels: Sequence[Panel], x: str = "epoch") -> Path:
     """One panel per entry of ``panels``, each column drawn against column ``x``; NaN
     points (epochs without validation) are skipped, and so are columns with no value.
-    Drawn on an Agg canvas: no display, no change to matplotlib's global backend."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
+    Drawn with figures.py: no display, no change to matplotlib's global backend."""
     from matplotlib.ticker import MaxNLocator
 
     shown = [(title, {k: v for k, v in series.items() if k in columns and np.isfinite(columns[k]).any()})
              for title, series in panels]  # fmt: skip
     shown = [(title, series) for title, series in shown if series]
-    fig = Figure(figsize=(5 * max(1, len(shown)), 4))
-    FigureCanvasAgg(fig)
+    fig = figure(figsize=(5 * max(1, len(shown)), 4))
     axes = fig.subplots(1, max(1, len(shown)), squeeze=False)[0]
     for ax, (title, series) in zip(axes, shown):
         for name, label in series.items():
@@ -58,10 +57,7 @@ def plot_curves(columns: dict[str, np.ndarray], path: str | Path, panels: Sequen
         if len(series) > 1:
             ax.legend(fontsize=8)
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    return path
+    return save_figure(fig, path)
 
 
 # ----------------------------------------------------------------------------- the detector's curves

@@ -50,6 +50,8 @@ class DataConfig:
     with 2 cores or fewer, where workers only take cores from the network, else up to 4)."""
     drop_bad: bool = False
     """Drop unusable images/boxes with a report instead of stopping."""
+    allow_outside_root: bool = False
+    """Read images an annotation (VOC filename, COCO file_name, YOLO list line) places outside its folder / dataset root."""
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
 

@@ -5,6 +5,7 @@ Reading: category ids are remapped to contiguous labels 0..K-1 in order of id (s
 once, here; ``iscrowd`` boxes are kept with ``ignore=True``; the json's ``area``
 (segmentation area) is kept for the evaluation's size buckets. Problems with single
 entries are added to the DataReport; a file that is not a COCO json raises DataError.
+A ``file_name`` must name a file inside the image folder (files.py: confinement).
 """
 
 from __future__ import annotations
@@ -13,13 +14,14 @@ import json
 import math
 from collections import Counter, defaultdict
 from dataclasses import dataclass
+from itertools import islice
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
 from .dataset import DetectionDataset, Record
-from .files import header_size, output_names, place_images
+from .files import file_inside, header_size, inside_root, output_names, output_path, place_images, report_outside
 from .report import DataError, DataReport
 
 COCO_PREFIX = "instances_"  # annotations/instances_<split>.json
@@ -49,18 +51,19 @@ def guess_images_dir(json_path: Path, file_names: list[str]) -> Path:
     """The folder COCO's ``file_name`` entries are relative to: for
     ``root/annotations/instances_train2017.json`` try root/train2017, root/images/train2017,
     root/images, root, the json's own folder, then the root's other folders; the first
-    holding the listed files wins."""
+    holding the listed files wins. Names leaving a candidate do not count."""
     root = json_path.parent.parent if json_path.parent.name.lower() == "annotations" else json_path.parent
     split = json_path.stem[len(COCO_PREFIX) :] if json_path.stem.startswith(COCO_PREFIX) else json_path.stem
     candidates = [root / split, root / "images" / split, root / "images", root, json_path.parent]
     # then any other folder under the root (e.g. a val json whose images sit in train2017/)
     candidates += sorted(d for d in root.iterdir() if d.is_dir() and d not in candidates) if root.is_dir() else []
-    probe = file_names[:5]
+    # probe with names that stay inside a folder: an absolute one would match any candidate
+    probe = list(islice((f for f in file_names if inside_root(root, f)), 5))
     for c in candidates:
-        if probe and all((c / f).is_file() for f in probe):
+        if probe and all(file_inside(c, f) for f in probe):
             return c
     for c in candidates:  # partly present (some images missing): still the best guess
-        if any((c / f).is_file() for f in probe):
+        if any(file_inside(c, f) for f in probe):
             return c
     return root / split if (root / split).is_dir() else root
 
@@ -123,6 +126,15 @@ def _images(data: dict, json_path: Path, report: DataReport) -> tuple[dict[int, 
             continue
         images[im["id"]] = im
     return images, {k for k, n in id_count.items() if n > 1}
+
+
+def _outside_root(images: dict[int, dict], root_dir: Path, json_path: Path, report: DataReport) -> set[int]:
+    """Take the image entries whose ``file_name`` leaves ``root_dir`` out of ``images``
+    (reported, never looked at); returns their ids."""
+    outside = {i for i, im in images.items() if inside_root(root_dir, im["file_name"]) is None}
+    for i in sorted(outside):
+        report_outside(report, json_path, f"image id {i}", images.pop(i)["file_name"], root_dir)
+    return outside
 
 
 def _annotation(a: dict, where: str, c: _Catalogue) -> _Annotation | None:
@@ -202,9 +214,12 @@ def read_coco(
     images_dir: str | Path | None = None,
     class_names: list[str] | None = None,
     report: DataReport | None = None,
+    allow_outside_root: bool = False,
 ) -> DetectionDataset:
     """Read a COCO instances json. ``class_names`` (optional) picks the classes and their
-    label order by category name; by default every category, sorted by id."""
+    label order by category name; by default every category, sorted by id. A
+    ``file_name`` leaving the image folder is an error (OUTSIDE_ROOT) unless
+    ``allow_outside_root``."""
     json_path = Path(json_path)
     report = report if report is not None else DataReport(source=str(json_path))
     data = load_json(json_path)
@@ -219,6 +234,8 @@ def read_coco(
     root_dir = Path(images_dir) if images_dir is not None else guess_images_dir(
         json_path, [im["file_name"] for im in images.values()]
     )
+    if not allow_outside_root:
+        bad_image_ids |= _outside_root(images, root_dir, json_path, report)
     catalogue = _Catalogue(json_path, images, cats, label_of, report)
     per_image = _annotations_per_image(anns, bad_image_ids, catalogue)
     records = [_record(i, im, per_image.get(i, []), root_dir, json_path) for i, im in images.items()]
@@ -264,7 +281,7 @@ def write_coco(
     out = Path(out)
     image_names = image_names if image_names is not None else output_names(dataset)
     category_ids = dataset.category_ids if dataset.format == "coco" else list(range(1, dataset.num_classes + 1))
-    place_images(dataset, out / split, f"writing COCO {split}", copy_images, image_names, progress)
+    place_images(dataset, output_path(out, out / split), f"writing COCO {split}", copy_images, image_names, progress)
     # 3 decimals: far below a pixel, and COCO's own files use 2.
     doc = {
         "info": {"description": f"written by retinanet convert from {dataset.root or ''}"},
@@ -276,7 +293,7 @@ def write_coco(
         a["segmentation"] = [[round(v, 3) for v in (x, y, x + w, y, x + w, y + h, x, y + h)]]
     for c in doc["categories"]:
         c["supercategory"] = ""
-    path = out / "annotations" / f"{COCO_PREFIX}{split}.json"
+    path = output_path(out, out / "annotations" / f"{COCO_PREFIX}{split}.json")
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(doc))
     return path

@@ -11,15 +11,21 @@ unless ``copy_images``. Output layouts:
     yolo  OUT/images/<split>/<image>, OUT/labels/<split>/<stem>.txt, OUT/data.yaml
 
 YOLO has no ignore flag: crowd / difficult boxes are left out (and counted).
+
+Nothing is written, unlinked or replaced outside OUT: a split name must be a plain folder
+name (letters, digits, '_', '-', '.'), every target is checked to lie inside OUT, and an
+OUT holding any of the source's files (images, annotations, spec) is refused.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from .coco import COCO_PREFIX, write_coco
 from .dataset import DetectionDataset
+from .files import lies_inside, output_path
 from .images import unique_file_names
 from .report import DataError
 from .spec import ALL, FORMATS, SPEC_FILE, available_splits, load_dataset, resolve_source, write_spec
@@ -27,6 +33,7 @@ from .voc import write_voc
 from .yolo import write_data_yaml, write_yolo
 
 DEFAULT_SPLIT_NAME = "train"  # what a source without splits is written as
+SPLIT_NAME = re.compile(r"\w[\w.-]*")  # a split name usable as one folder / file name part
 
 
 @dataclass
@@ -53,20 +60,48 @@ def _check_target(source: str | Path, to: str, out: Path, overwrite: bool) -> No
         raise ValueError(f"{out}: is the source dataset's own folder; write the conversion elsewhere")
 
 
+def _output_split_name(source: str | Path, split: str) -> str:
+    """The name split ``split`` is written under: a plain folder name, or DataError (it
+    becomes part of output paths, and '../x' would lead them out of the output folder)."""
+    name = DEFAULT_SPLIT_NAME if split == ALL else split
+    if not SPLIT_NAME.fullmatch(name):
+        raise DataError(
+            f"{source}: split name {name!r} cannot name an output folder; rename it to letters, digits, '_', '-', '.'"
+        )
+    return name
+
+
 def _load_splits(
-    source: str | Path, split: str | None, check: bool | str, drop_bad: bool, progress: bool
+    source: str | Path, split: str | None, check: bool | str, drop_bad: bool, progress: bool, allow_outside_root: bool
 ) -> dict[str, DetectionDataset]:
     """Output split name -> checked dataset, for ``split`` or every split of the source;
     all must have the same classes."""
     datasets: dict[str, DetectionDataset] = {}
-    for s in [split] if split else available_splits(source):
-        name = DEFAULT_SPLIT_NAME if s == ALL else s
-        datasets[name] = load_dataset(source, s, check=check, drop_bad=drop_bad, progress=progress)
+    names = {s: _output_split_name(source, s) for s in ([split] if split else available_splits(source))}
+    for s, name in names.items():
+        datasets[name] = load_dataset(
+            source, s, check=check, drop_bad=drop_bad, progress=progress, allow_outside_root=allow_outside_root
+        )
     first = next(iter(datasets.values()))
     for name, ds in datasets.items():
         if ds.class_names != first.class_names:
             raise DataError(f"{source}: split {name!r} has different classes from the others; convert splits one by one")
     return datasets
+
+
+def _check_sources_outside(source: str | Path, datasets: dict[str, DetectionDataset], out: Path) -> None:
+    """Refuse an ``out`` that holds a file of the source (an image, annotation or spec, as
+    named or with its links resolved): writing there would replace it."""
+    if not out.is_dir() or not any(out.iterdir()):
+        return  # an empty folder holds no source file
+    files = [resolve_source(source).file] + [
+        p for ds in datasets.values() for r in ds.records for p in (r.image_path, r.annotation_path)
+    ]
+    for p in dict.fromkeys(f for f in files if f is not None):
+        if lies_inside(p, out) or lies_inside(p.resolve(), out):
+            raise DataError(
+                f"{out}: holds the source file {p}; writing there would replace it, choose another output folder"
+            )
 
 
 def _write_split(
@@ -93,11 +128,13 @@ def convert(
     drop_bad: bool = False,
     overwrite: bool = False,
     progress: bool = True,
+    allow_outside_root: bool = False,
 ) -> ConvertResult:
     """Convert ``source`` (anything ``load_dataset`` reads) to format ``to`` in folder ``out``."""
     out = Path(out)
     _check_target(source, to, out, overwrite)
-    datasets = _load_splits(source, split, check, drop_bad, progress)
+    datasets = _load_splits(source, split, check, drop_bad, progress, allow_outside_root)
+    _check_sources_outside(source, datasets, out)
     # One output name per source image across all splits, so a shared image is one file.
     paths = list(dict.fromkeys(r.image_path for ds in datasets.values() for r in ds.records))
     image_names = dict(zip(paths, unique_file_names(paths)))
@@ -114,5 +151,5 @@ def convert(
     if to == "yolo":
         result.spec_file = write_data_yaml(out, list(datasets), class_names)
     else:
-        result.spec_file = write_spec(out / SPEC_FILE, to, class_names, spec_splits)
+        result.spec_file = write_spec(output_path(out, out / SPEC_FILE), to, class_names, spec_splits)
     return result

@@ -1,14 +1,71 @@
-"""File handling the COCO, VOC and YOLO modules share: the image size when an annotation
-leaves it out, and putting a dataset's images into a writer's output folder."""
+"""File handling the COCO, VOC and YOLO modules share: where an annotation may point, the
+image size when an annotation leaves it out, and putting a dataset's images into a
+writer's output folder without touching anything outside it.
+
+Confinement: an image path written *inside* an annotation (a VOC ``<filename>``, a COCO
+``file_name``, a line of a YOLO list file) must stay inside the folder it is relative
+to, or it is the error OUTSIDE_ROOT and the file is never opened or stat'ed. The test
+is lexical (``..`` collapsed, absolute names taken as they are): symlinks the user put
+inside the folder are followed as laid out. Paths the user writes in a spec or
+data.yaml are the user's choice and are not confined.
+"""
 
 from __future__ import annotations
 
-from pathlib import Path
+import os
+from pathlib import Path, PurePath
 
 from tqdm import tqdm
 
 from .dataset import DetectionDataset
 from .images import ImageError, image_info, place_image, unique_file_names
+from .report import DataError, DataReport
+
+OUTSIDE_ROOT = "path outside dataset root"  # the DataReport kind of an image path that leaves its folder
+
+
+def lies_inside(path: str | Path, folder: str | Path) -> bool:
+    """Whether ``path`` as written lies strictly inside ``folder`` (taken as written and
+    with its symlinks resolved). ``path`` is judged lexically: nothing is opened or stat'ed."""
+    target = PurePath(os.path.normpath(os.path.abspath(path)))
+    for base in {os.path.normpath(os.path.abspath(folder)), os.path.realpath(folder)}:
+        if target != PurePath(base) and target.is_relative_to(base):
+            return True
+    return False
+
+
+def inside_root(root: Path, name: str | Path) -> Path | None:
+    """``root / name`` when it lies inside ``root`` (see lies_inside), else None: an
+    absolute ``name`` or one that climbs out with ``..`` is refused."""
+    path = root / name
+    return path if lies_inside(path, root) else None
+
+
+def file_inside(root: Path, name: str | Path) -> bool:
+    """Whether ``name`` lies inside ``root`` and is a file there; a name leaving ``root`` is
+    not looked at (what the readers' image-folder guesses probe with)."""
+    path = inside_root(root, name)
+    return path is not None and path.is_file()
+
+
+def report_outside(report: DataReport, annotation: str | Path, where: str, name: str | Path, root: Path) -> None:
+    """Report an image path from an annotation that leaves its folder (the entry is dropped)."""
+    report.error(
+        OUTSIDE_ROOT,
+        annotation,
+        f"{where}: image path {str(name)!r} lies outside {root}; not read "
+        "(set data.allow_outside_root=true if it points elsewhere on purpose)",
+    )
+
+
+def output_path(out: Path, path: Path) -> Path:
+    """``path`` after checking that it lies inside the output folder ``out`` with its folders
+    resolved (a symlinked folder cannot lead a write elsewhere); DataError otherwise. The
+    last part is not resolved: replacing a symlink removes the link, never its target."""
+    target = path.parent.resolve() / path.name
+    if path.name in ("", ".", "..") or not target.is_relative_to(out.resolve()):
+        raise DataError(f"{path}: lies outside the output folder {out}; nothing is written there")
+    return path
 
 
 def header_size(path: Path) -> tuple[int, int]:
@@ -27,6 +84,12 @@ def output_names(dataset: DetectionDataset) -> dict[Path, str]:
     return dict(zip(paths, unique_file_names(paths)))
 
 
+def _is_source(dst: Path, src: Path) -> bool:
+    """Whether ``dst`` is the source image itself (not a link to it): replacing it would
+    destroy the photo."""
+    return not dst.is_symlink() and dst.exists() and src.exists() and os.path.samefile(dst, src)
+
+
 def place_images(
     dataset: DetectionDataset,
     folder: Path,
@@ -36,10 +99,14 @@ def place_images(
     progress: bool = False,
 ) -> list[str]:
     """Put every record's image into ``folder`` (symlinks unless ``copy_images``) under its
-    name in ``image_names`` (default: output_names); returns the names in record order."""
+    name in ``image_names`` (default: output_names); returns the names in record order.
+    Every target must lie inside ``folder``, and a source image is never replaced."""
     names = image_names if image_names is not None else output_names(dataset)
     placed = []
     for r in tqdm(dataset.records, desc=desc, unit="img", disable=not progress, leave=False):
-        place_image(r.image_path, folder / names[r.image_path], copy_images)
+        dst = output_path(folder, folder / names[r.image_path])
+        if _is_source(dst, r.image_path):
+            raise DataError(f"{dst}: is the source image {r.image_path}; it is not replaced")
+        place_image(r.image_path, dst, copy_images)
         placed.append(names[r.image_path])
     return placed

@@ -4,7 +4,9 @@
 Three levels of problem:
 
 - ``error``: the entry is unusable and is dropped: a missing, unreadable or truncated
-  image; an annotation file that does not parse; a box with a NaN/inf coordinate, zero
+  image; an image path in an annotation that leaves its folder (``path outside dataset
+  root``; never opened); an annotation file that does not parse (or an xml with a DTD or
+  entities, refused); a box with a NaN/inf coordinate, zero
   or negative size or lying wholly outside its image; an unknown class; a duplicate
   image id. ``load_dataset(drop_bad=False)`` (what training does) raises DataError when
   there is any; ``drop_bad=True`` drops them and carries on.

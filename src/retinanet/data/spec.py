@@ -306,14 +306,17 @@ def available_splits(source: str | Path) -> list[str]:
     return named or [ALL]
 
 
-def _read_split(spec: DatasetSpec, ss: SplitSpec, class_names, report: DataReport, progress: bool) -> DetectionDataset:
+def _read_split(
+    spec: DatasetSpec, ss: SplitSpec, class_names, report: DataReport, progress: bool, allow_outside_root: bool
+) -> DetectionDataset:
+    images = ss.images[0] if ss.images else None
     if spec.format == "coco":
         assert ss.annotations is not None
-        return read_coco(ss.annotations, ss.images[0] if ss.images else None, class_names, report)
+        return read_coco(ss.annotations, images, class_names, report, allow_outside_root)
     if spec.format == "voc":
         assert ss.annotations is not None
-        return read_voc(ss.annotations, ss.images[0] if ss.images else None, class_names, ss.list, report, progress)
-    return read_yolo(ss.images, class_names, ss.labels, report, progress, spec.root)
+        return read_voc(ss.annotations, images, class_names, ss.list, report, progress, allow_outside_root)
+    return read_yolo(ss.images, class_names, ss.labels, report, progress, spec.root, allow_outside_root)
 
 
 def _merge(parts: list[DetectionDataset], fmt: str, where: str) -> DetectionDataset:
@@ -335,21 +338,29 @@ def _merge(parts: list[DetectionDataset], fmt: str, where: str) -> DetectionData
 
 
 def read_split(
-    spec: DatasetSpec, split: str, class_names: list[str] | None, report: DataReport, progress: bool = True
+    spec: DatasetSpec,
+    split: str,
+    class_names: list[str] | None,
+    report: DataReport,
+    progress: bool = True,
+    allow_outside_root: bool = False,
 ) -> DetectionDataset:
     """The unchecked dataset of one split (``all``: every split together)."""
     names = class_names if class_names is not None else spec.names
     source = spec.file or spec.root
+
+    def read(ss: SplitSpec) -> DetectionDataset:
+        return _read_split(spec, ss, names, report, progress, allow_outside_root)
+
     if split in spec.splits:
-        return _read_split(spec, spec.splits[split], names, report, progress)
+        return read(spec.splits[split])
     if split == ALL:
-        parts = [_read_split(spec, ss, names, report, progress) for ss in spec.splits.values()]
-        return _merge(parts, spec.format, str(source))
+        return _merge([read(ss) for ss in spec.splits.values()], spec.format, str(source))
     matches = [k for k in spec.splits if canonical_split(k) == canonical_split(split)]
     if len(matches) == 1:
-        return _read_split(spec, spec.splits[matches[0]], names, report, progress)
+        return read(spec.splits[matches[0]])
     if list(spec.splits) == [ALL]:
-        ds = _read_split(spec, spec.splits[ALL], names, report, progress)
+        ds = read(spec.splits[ALL])
         report.warning("no such split", source, f"the dataset defines no {split!r} split; using all {len(ds)} images")
         return ds
     raise DataError(f"{source}: no split {split!r}; available: {', '.join(list(spec.splits) + ([ALL] if ALL not in spec.splits else []))}")
@@ -362,6 +373,7 @@ def load_dataset(
     check: bool | str = True,
     drop_bad: bool = False,
     progress: bool = True,
+    allow_outside_root: bool = False,
 ) -> DetectionDataset:
     """Read, check and return one split of a dataset.
 
@@ -376,6 +388,10 @@ def load_dataset(
     drop_bad     False: any unusable entry raises DataError (one-line summary, full
                  report in ``.report``); True: drop those entries and go on
     progress     show tqdm progress bars
+    allow_outside_root  read images that an annotation (VOC <filename>, COCO file_name,
+                 a YOLO list line) places outside its image folder / dataset root; by
+                 default those entries are errors ('path outside dataset root') and
+                 their files are never opened
 
     The returned dataset's ``report`` (a DataReport) lists every problem, what was
     clipped or dropped, and the statistics.
@@ -383,7 +399,7 @@ def load_dataset(
     mode = check_mode(check)
     spec = resolve_source(source)
     report = DataReport(source=str(source), split=split, format=spec.format, mode=mode)
-    ds = read_split(spec, split, class_names, report, progress)
+    ds = read_split(spec, split, class_names, report, progress, allow_outside_root)
     ds = validate(ds, report, mode, progress)
     if not ds.records:
         if report.errors:

@@ -13,7 +13,8 @@ def load_split(data: DataConfig, split: str, progress: bool = True) -> Detection
     source = data.source
     if source == "synthetic":
         return load_synthetic(split, seed=0, progress=progress)
-    return load_dataset(source, split=split, check=True, drop_bad=data.drop_bad, progress=progress)
+    return load_dataset(source, split=split, check=True, drop_bad=data.drop_bad,
+                        allow_outside_root=data.allow_outside_root, progress=progress)
 
 
 HOLDOUT = "holdout"  # resolve_val_split's answer when the validation images come out of train

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from .dataset import DetectionDataset
+from ..figures import figure, literal_text, save_figure
 
 # Histogram bins. Box size is sqrt(area) in pixels; COCO's small/medium/large split at 32 and 96.
 SIZE_EDGES = (0.0, 8.0, 16.0, 32.0, 64.0, 96.0, 128.0, 256.0, 512.0, math.inf)
@@ -171,14 +172,10 @@ def stats_text(s: DatasetStats) -> list[str]:
 # ----------------------------------------------------------------------------- plot
 
 
+@literal_text
 def plot_stats(s: DatasetStats, path: str | Path, title: str = "") -> Path:
     """Four panels: boxes per class, box size and aspect histograms, width vs height."""
-    # The object-oriented API with the Agg canvas: no pyplot state, no display needed.
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(12, 9), layout="constrained")
-    FigureCanvasAgg(fig)
+    fig = figure(figsize=(12, 9), layout="constrained")
     ax = fig.subplots(2, 2)
     order = sorted(range(len(s.class_names)), key=lambda i: -s.boxes_per_class[i])[:PLOT_MAX_CLASSES]
     ax[0, 0].barh([s.class_names[i] for i in order][::-1], [s.boxes_per_class[i] for i in order][::-1])
@@ -202,6 +199,4 @@ def plot_stats(s: DatasetStats, path: str | Path, title: str = "") -> Path:
     ax[1, 1].set_xlabel("width")
     ax[1, 1].set_ylabel("height")
     fig.suptitle(f"{title}: {s.images} images, {s.boxes} boxes")
-    path = Path(path)
-    fig.savefig(path, dpi=100)
-    return path
+    return save_figure(fig, path, dpi=100)

@@ -10,6 +10,10 @@ In the library's continuous pixel coordinates that box is [0, W]. So
 (Detectron2 reads VOC the same way.) Integer files round-trip exactly; non-integer
 boxes (from COCO or YOLO) are rounded to whole pixels when written, which moves each
 corner by at most half a pixel. ``difficult`` objects become ``ignore=True``.
+
+Files are parsed with defusedxml: a DTD, an entity declaration or an external reference
+is refused (a per-file 'malformed annotation'), whatever the expat version. A
+``<filename>`` must name a file inside the image folder (files.py: confinement).
 """
 
 from __future__ import annotations
@@ -18,13 +22,16 @@ import csv
 import math
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
+from itertools import islice
 from pathlib import Path
 
 import numpy as np
+from defusedxml import DefusedXmlException
+from defusedxml.ElementTree import parse as parse_xml
 from tqdm import tqdm
 
 from .dataset import DetectionDataset, Record
-from .files import header_size, place_images
+from .files import file_inside, header_size, inside_root, output_path, place_images, report_outside
 from .images import IMAGE_SUFFIXES
 from .report import DataError, DataReport
 
@@ -59,7 +66,11 @@ def _text(node: ET.Element | None, tag: str) -> str | None:
 def parse_voc_xml(path: Path, report: DataReport) -> VocFile | None:
     """One annotation file; None (with an error in ``report``) when it cannot be used."""
     try:
-        root = ET.parse(path).getroot()
+        root = parse_xml(path, forbid_dtd=True, forbid_entities=True, forbid_external=True).getroot()
+    except DefusedXmlException as e:
+        why = f"refused: a DTD, entity or external reference ({type(e).__name__}); annotation files need none"
+        report.error("malformed annotation", path, why)
+        return None
     except ET.ParseError as e:
         report.error("malformed annotation", path, f"not well-formed XML ({e})")
         return None
@@ -129,11 +140,12 @@ def read_split_list(path: str | Path) -> list[str]:
 
 
 def guess_images_dir(ann_dir: Path, probe: list[str]) -> Path:
-    """JPEGImages (the devkit), images, the annotation folder itself, or its parent."""
+    """JPEGImages (the devkit), images, the annotation folder itself, or its parent: the
+    first holding one of the ``probe`` names (names leaving a candidate do not count)."""
     root = ann_dir.parent
     candidates = [root / "JPEGImages", root / "images", ann_dir, root]
     for c in candidates:
-        if probe and any((c / f).is_file() for f in probe):
+        if any(file_inside(c, f) for f in probe):
             return c
     return next((c for c in candidates if c.is_dir() and c != ann_dir), root)
 
@@ -170,10 +182,18 @@ def _select(
     return sorted(set(selected))
 
 
-def _record(vf: VocFile, image_id: int, images_dir: Path, label_of: dict[str, int], report: DataReport) -> Record:
-    """One parsed file as a Record in library coordinates; objects of a class not in
-    ``label_of`` (class name -> label) are reported and left out."""
-    path = _find_image(images_dir, vf)
+def _image_path(vf: VocFile, images_dir: Path, allow_outside_root: bool, report: DataReport) -> Path | None:
+    """The image of ``vf``; None (reported, never looked at) when its <filename> leaves
+    ``images_dir`` and ``allow_outside_root`` is off."""
+    if vf.filename and not allow_outside_root and inside_root(images_dir, vf.filename) is None:
+        report_outside(report, vf.path, "<filename>", vf.filename, images_dir)
+        return None
+    return _find_image(images_dir, vf)
+
+
+def _record(vf: VocFile, image_id: int, path: Path, label_of: dict[str, int], report: DataReport) -> Record:
+    """One parsed file and its image ``path`` as a Record in library coordinates; objects
+    of a class not in ``label_of`` (class name -> label) are reported and left out."""
     width, height = vf.width, vf.height
     if width <= 0 or height <= 0:
         width, height = header_size(path)  # some tools write <width>0</width>
@@ -197,13 +217,15 @@ def read_voc(
     split_list: str | Path | None = None,
     report: DataReport | None = None,
     progress: bool = True,
+    allow_outside_root: bool = False,
 ) -> DetectionDataset:
     """Read every ``*.xml`` in ``ann_dir`` (or only those a split list names).
 
     Image ids are the position in the sorted list of all annotation files, so an image
     keeps its id whichever split it is loaded in. Without ``class_names`` the classes
     are the sorted names found in all the folder's files (not just the split's), so
-    train and test splits get the same labels.
+    train and test splits get the same labels. A ``<filename>`` leaving the image folder
+    is an error (OUTSIDE_ROOT) unless ``allow_outside_root``.
     """
     ann_dir = Path(ann_dir)
     report = report if report is not None else DataReport(source=str(ann_dir))
@@ -217,12 +239,16 @@ def read_voc(
     ]
     names = list(class_names) if class_names is not None else sorted({o.name for vf in parsed if vf for o in vf.objects})
     label_of = {n: k for k, n in enumerate(names)}
-    images_dir = Path(images_dir) if images_dir is not None else guess_images_dir(
-        ann_dir, [vf.filename for vf in parsed if vf and vf.filename][:5]
-    )
+    # probe with names that stay inside a folder: an absolute one would match any candidate
+    probe = islice((vf.filename for vf in parsed if vf and vf.filename and inside_root(ann_dir, vf.filename)), 5)
+    images_dir = Path(images_dir) if images_dir is not None else guess_images_dir(ann_dir, list(probe))
     selected = range(len(xml_files)) if split_list is None else _select(xml_files, parsed, split_list, ann_dir, report)
-    # a None entry did not parse: parse_voc_xml reported it
-    records = [_record(vf, i, images_dir, label_of, report) for i in selected if (vf := parsed[i]) is not None]
+    records = []
+    for i in selected:
+        vf = parsed[i]  # None: did not parse, parse_voc_xml reported it
+        path = _image_path(vf, images_dir, allow_outside_root, report) if vf is not None else None
+        if vf is not None and path is not None:
+            records.append(_record(vf, i, path, label_of, report))
     return DetectionDataset(records, names, None, images_dir, "voc")
 
 
@@ -272,12 +298,14 @@ def write_voc(
     """Write ``out/Annotations/<stem>.xml``, ``out/JPEGImages/<image>`` (symlinks unless
     ``copy_images``) and the split list ``out/ImageSets/Main/<split>.txt`` (returned)."""
     out = Path(out)
-    names = place_images(dataset, out / "JPEGImages", f"writing VOC {split}", copy_images, image_names, progress)
+    images = output_path(out, out / "JPEGImages")
+    names = place_images(dataset, images, f"writing VOC {split}", copy_images, image_names, progress)
     (out / "Annotations").mkdir(parents=True, exist_ok=True)
     stems = [Path(name).stem for name in names]
     for r, name, stem in zip(dataset.records, names, stems):
-        voc_xml(r, name, dataset.class_names).write(out / "Annotations" / f"{stem}.xml", encoding="unicode")
-    list_path = out / "ImageSets" / "Main" / f"{split}.txt"
+        xml_path = output_path(out, out / "Annotations" / f"{stem}.xml")
+        voc_xml(r, name, dataset.class_names).write(xml_path, encoding="unicode")
+    list_path = output_path(out, out / "ImageSets" / "Main" / f"{split}.txt")
     list_path.parent.mkdir(parents=True, exist_ok=True)
     list_path.write_text("".join(s + "\n" for s in stems))
     return list_path

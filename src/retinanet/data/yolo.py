@@ -7,6 +7,9 @@ segmentation polygon; its bounding box is used. The label file of
 ``.../images/<rel>.jpg`` is ``.../labels/<rel>.txt`` (the last ``images`` folder of the
 path replaced by ``labels``), or ``<image>.txt`` beside the image (darknet). An image
 without a label file has no objects. Image sizes are read from the file headers.
+
+A line of a list file is relative to the list file's folder and must stay inside the
+dataset root (the spec's ``root`` / ``path``) or that folder (files.py: confinement).
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ import yaml
 from tqdm import tqdm
 
 from .dataset import DetectionDataset, Record
-from .files import place_images
+from .files import lies_inside, output_path, place_images, report_outside
 from .images import IMAGE_SUFFIXES, ImageError, image_info
 from .report import DataError, DataReport
 
@@ -36,10 +39,36 @@ def is_image(p: Path) -> bool:
     return p.suffix.lower() in IMAGE_SUFFIXES
 
 
-def list_images(sources: list[str | Path]) -> list[tuple[Path, Path | None]]:
+def list_file_images(
+    list_file: Path, root: Path | None = None, report: DataReport | None = None, allow_outside_root: bool = False
+) -> list[Path]:
+    """The images a list file names, one per line, relative to the list file's folder. A
+    line leaving both ``root`` (the dataset root) and that folder is reported in
+    ``report`` and left out, unless ``allow_outside_root``."""
+    report = report if report is not None else DataReport(source=str(list_file))
+    folders = [list_file.parent] + ([root] if root is not None else [])
+    images = []
+    for n, line in enumerate(list_file.read_text(encoding="utf-8").splitlines(), 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        path = list_file.parent / line  # an absolute line stays as it is
+        if allow_outside_root or any(lies_inside(path, f) for f in folders):
+            images.append(path)
+        else:
+            report_outside(report, list_file, f"line {n}", line, folders[-1])
+    return images
+
+
+def list_images(
+    sources: list[str | Path],
+    root: Path | None = None,
+    report: DataReport | None = None,
+    allow_outside_root: bool = False,
+) -> list[tuple[Path, Path | None]]:
     """(image, folder it was found under) for image folders (searched recursively),
-    list files (one image path per line, relative to the list file's folder) and single
-    images. Sorted within each source, duplicates removed."""
+    list files (see list_file_images) and single images. Sorted within each source,
+    duplicates removed."""
     found: dict[Path, Path | None] = {}
     for src in sources:
         src = Path(src)
@@ -47,11 +76,8 @@ def list_images(sources: list[str | Path]) -> list[tuple[Path, Path | None]]:
             for p in sorted(q for q in src.rglob("*") if q.is_file() and is_image(q)):
                 found.setdefault(p, src)
         elif src.is_file() and src.suffix.lower() == ".txt":
-            for line in src.read_text(encoding="utf-8").splitlines():
-                line = line.strip()
-                if line and not line.startswith("#"):
-                    p = Path(line)
-                    found.setdefault(p if p.is_absolute() else (src.parent / p), None)
+            for p in list_file_images(src, root, report, allow_outside_root):
+                found.setdefault(p, None)
         elif src.is_file() and is_image(src):
             found.setdefault(src, None)
         else:
@@ -148,11 +174,14 @@ def read_yolo(
     report: DataReport | None = None,
     progress: bool = True,
     root: str | Path | None = None,
+    allow_outside_root: bool = False,
 ) -> DetectionDataset:
     """Read the images of ``sources`` (folders, list files) and their label files.
-    Without ``class_names`` the classes are named by index ('0', '1', ...)."""
+    Without ``class_names`` the classes are named by index ('0', '1', ...). A list file
+    line leaving the dataset ``root`` and the list's folder is an error (OUTSIDE_ROOT)
+    unless ``allow_outside_root``."""
     report = report if report is not None else DataReport(source=str(sources[0]) if sources else "")
-    images = list_images(sources)
+    images = list_images(sources, Path(root) if root else None, report, allow_outside_root)
     if not images:
         raise DataError(f"{', '.join(map(str, sources))}: no images ({', '.join(IMAGE_SUFFIXES)})")
     labels_dir = Path(labels_dir) if labels_dir is not None else None
@@ -233,13 +262,14 @@ def write_yolo(
     ``out/labels/<split>/<stem>.txt`` (empty for images without objects). Returns the
     number of ignored (crowd / difficult) boxes left out, since YOLO cannot express them."""
     out = Path(out)
-    names = place_images(dataset, out / "images" / split, f"writing YOLO {split}", copy_images, image_names, progress)
-    (out / "labels" / split).mkdir(parents=True, exist_ok=True)
+    images, labels = output_path(out, out / "images" / split), output_path(out, out / "labels" / split)
+    names = place_images(dataset, images, f"writing YOLO {split}", copy_images, image_names, progress)
+    labels.mkdir(parents=True, exist_ok=True)
     left_out = 0
     for r, name in zip(dataset.records, names):
         lines = yolo_lines(r)
         left_out += int(r.ignore.sum())
-        (out / "labels" / split / f"{Path(name).stem}.txt").write_text("".join(line + "\n" for line in lines))
+        output_path(out, labels / f"{Path(name).stem}.txt").write_text("".join(line + "\n" for line in lines))
     return left_out
 
 
@@ -251,6 +281,6 @@ def write_data_yaml(out: str | Path, splits: list[str], class_names: list[str]) 
     for s in splits:
         doc[s] = f"images/{s}"
     doc["names"] = dict(enumerate(class_names))
-    path = out / "data.yaml"
+    path = output_path(out, out / "data.yaml")
     path.write_text(yaml.safe_dump(doc, sort_keys=False, allow_unicode=True))
     return path

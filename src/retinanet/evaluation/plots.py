@@ -2,8 +2,8 @@
 images with ground truth and predictions drawn side by side.
 
 A module of plain functions: each takes arrays (numpy / torch) and a path and writes
-one PNG. matplotlib runs on the Agg backend (no display needed); boxes are drawn with
-draw.py, in the same class colours as predict's images.
+one PNG. Figures come from figures.py (Agg canvas, user strings drawn literally); boxes are
+drawn with draw.py, in the same class colours as predict's images.
 """
 
 from __future__ import annotations
@@ -11,19 +11,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Sequence
 
-import matplotlib
+import numpy as np
+import torch
+from PIL import Image, ImageDraw, ImageFont
+from torch import Tensor
+from torch.nn import functional as F
 
-matplotlib.use("Agg")  # files only: never needs a display, safe in worker threads and CI
-
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from PIL import Image, ImageDraw, ImageFont  # noqa: E402
-from torch import Tensor  # noqa: E402
-from torch.nn import functional as F  # noqa: E402
-
-from ..draw import class_color, draw_boxes, font_path  # noqa: E402
-from .coco import NO_GROUND_TRUTH  # noqa: E402
+from ..draw import class_color, draw_boxes, font_path
+from ..figures import figure, literal_text, save_figure
+from .coco import NO_GROUND_TRUTH
 
 # Classes drawn with their own legend entry; above this the curves are drawn in grey.
 MAX_LEGEND_CLASSES = 12
@@ -34,14 +30,7 @@ GAP_PX = 8  # between the two panels of a side-by-side image
 HEADER_PX = 22  # caption strip above each panel
 
 
-def _save(fig: plt.Figure, path: str | Path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
-
-
+@literal_text
 def plot_pr_curves(
     path: str | Path,
     recall: np.ndarray,
@@ -57,7 +46,8 @@ def plot_pr_curves(
     interpolated on its 101 recall points).
     """
     recall = np.asarray(recall, dtype=float)
-    fig, axes = plt.subplots(1, len(curves), figsize=(6 * len(curves), 5.5), squeeze=False)
+    fig = figure(figsize=(6 * len(curves), 5.5))
+    axes = fig.subplots(1, len(curves), squeeze=False)
     for ax, (title, precision) in zip(axes[0], curves.items()):
         precision = np.asarray(precision, dtype=float)  # (K, R)
         if precision.shape != (len(class_names), len(recall)):
@@ -77,9 +67,10 @@ def plot_pr_curves(
         ax.grid(alpha=0.3)
         ax.legend(loc="lower left", fontsize=8)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
+@literal_text
 def plot_confusion_matrix(
     path: str | Path,
     matrix: np.ndarray,
@@ -109,7 +100,8 @@ def plot_confusion_matrix(
     norm = np.divide(m, rows, out=np.zeros_like(m), where=rows > 0)
     n = len(keep)
     side = min(5.5 + 0.3 * n, 30)
-    fig, ax = plt.subplots(figsize=(side, side * 0.85))
+    fig = figure(figsize=(side, side * 0.85))
+    ax = fig.subplots()
     im = ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="fraction of the true class")
     ticks = [names[i] for i in keep]
@@ -124,7 +116,7 @@ def plot_confusion_matrix(
                     ax.text(j, i, f"{int(m[i, j])}", ha="center", va="center", fontsize=fontsize - 1,
                             color="white" if norm[i, j] > 0.5 else "black")
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def _draw_panel(
