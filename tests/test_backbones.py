@@ -106,3 +106,29 @@ def test_detector_backbone_uses_the_imagenet_features():
     x = torch.rand(1, 3, 64, 64)
     with torch.no_grad():
         torch.testing.assert_close(b(x)[-1], ref.eval().features(x))
+
+
+class _Payload:
+    """Unpickling this creates the file ``marker``: code run from a weights file."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_a_poisoned_hub_cache_is_refused_without_running_its_payload(tmp_path, monkeypatch):
+    import torchvision
+
+    from retinanet.backbones import BACKBONES, imagenet_state_dict
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    url = torchvision.models.get_weight(BACKBONES["mobilenet_v3_large"].imagenet).url
+    cached = tmp_path / "torch" / "hub" / "checkpoints" / url.rsplit("/", 1)[-1]
+    cached.parent.mkdir(parents=True)
+    marker = tmp_path / "payload_ran"
+    torch.save({"features.0.0.weight": _Payload(marker)}, cached)
+    with pytest.raises(RuntimeError, match="cannot load ImageNet weights for mobilenet_v3_large"):
+        imagenet_state_dict("mobilenet_v3_large")
+    assert not marker.exists()

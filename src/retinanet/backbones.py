@@ -256,7 +256,8 @@ def install_offline_weights(verbose: bool = False) -> Path:
 
 def imagenet_state_dict(name: str, width: float = 1.0) -> dict[str, Tensor]:
     """torchvision's ImageNet weights for ``name``, through torchvision's own loading path
-    (``Weights.get_state_dict`` -> torch.hub cache, downloading only if absent)."""
+    (``Weights.get_state_dict`` -> torch.hub cache, downloading only if absent). The file is
+    unpickled with ``weights_only=True``: a tampered cache file cannot run code."""
     if width != 1.0:
         raise ValueError(f"ImageNet weights exist for width 1.0 only, not {width}; use weights 'none' or a file")
     if backbone_spec(name).imagenet is None:
@@ -271,7 +272,7 @@ def imagenet_state_dict(name: str, width: float = 1.0) -> dict[str, Tensor]:
         except FileNotFoundError:
             pass  # torchvision will try to download it
     try:
-        return weights.get_state_dict(progress=False, check_hash=True)
+        return weights.get_state_dict(progress=False, check_hash=True, weights_only=True)
     except Exception as e:  # no network, bad cache, ...
         cache = Path(torch.hub.get_dir()) / "checkpoints"
         raise RuntimeError(
