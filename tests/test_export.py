@@ -17,6 +17,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
+from PIL import Image
 from torchvision.ops import batched_nms
 
 from retinanet.api import Detector
@@ -36,6 +37,7 @@ from retinanet.export import (
     network_nodes,
     quantize_int8,
     read_metadata,
+    set_metadata,
 )
 from retinanet.heads import fold_head_bn
 from retinanet.model import build_model
@@ -401,3 +403,34 @@ def test_export_errors(tmp_path, capsys):
     assert main(["export", str(tmp_path / "nope.pt"), "--int8"]) == 1
     err = capsys.readouterr().err
     assert "nope.pt: checkpoint not found" in err and "--int8 needs --calibration" in err and "Traceback" not in err
+
+
+def _stamped(model: onnx.ModelProto, drop: str | None, path: Path) -> Path:
+    """``model`` saved at ``path`` with the metadata of our exports, less the key ``drop``."""
+    meta = {"format": "retinanet-mobilenet-onnx/1", "class_names": '["a"]', "category_ids": "[1]", "input_size": "64",
+            "score_thresh": "0.05", "nms_iou": "0.5", "max_detections": "10"}  # fmt: skip
+    del model.metadata_props[:]
+    set_metadata(model, {k: v for k, v in meta.items() if k != drop})
+    onnx.save(model, str(path))
+    return path
+
+
+def test_a_stamped_model_missing_a_key_or_the_signature_is_one_clear_line(exported, tmp_path, capsys):
+    ours = onnx.load(str(exported[1]))
+    for key in ("score_thresh", "class_names"):
+        path = _stamped(copy.deepcopy(ours), key, tmp_path / f"no_{key}.onnx")
+        with pytest.raises(RuntimeError, match=f"no_{key}.onnx: metadata lacks {key}"):
+            Detector(path)
+    bad = copy.deepcopy(ours)
+    set_metadata(bad, {"max_detections": "ten"})
+    onnx.save(bad, str(tmp_path / "bad_value.onnx"))
+    with pytest.raises(RuntimeError, match="bad_value.onnx: metadata max_detections='ten' does not parse"):
+        Detector(tmp_path / "bad_value.onnx")
+    # A foreign graph carrying our stamp and every key: named, before ONNX Runtime runs it.
+    foreign = _stamped(letterbox_graph(64), None, tmp_path / "foreign.onnx")
+    with pytest.raises(RuntimeError, match=r"foreign.onnx: the graph lacks .*input 'score_threshold'.*output 'boxes'"):
+        Detector(foreign)
+    Image.new("RGB", (64, 48)).save(tmp_path / "x.jpg")
+    assert main(["predict", str(tmp_path / "x.jpg"), "--model", str(foreign), "--output", str(tmp_path / "out")]) == 1
+    err = capsys.readouterr().err
+    assert "foreign.onnx: the graph lacks" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1

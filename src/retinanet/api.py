@@ -194,6 +194,7 @@ class _OnnxBackend:
 
         from .export.metadata import IOU_INPUT, SCORE_INPUT, read_metadata
 
+        self.path = path
         self.meta = read_metadata(path)
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = threads or torch.get_num_threads()
@@ -226,7 +227,10 @@ class _OnnxBackend:
                 self.score_input: np.array([conf], np.float32),
                 self.iou_input: np.array([iou], np.float32),
             }
-            boxes, scores, labels, count = self.session.run(None, feeds)
+            try:
+                boxes, scores, labels, count = self.session.run(None, feeds)
+            except Exception as e:  # onnxruntime's own error types: one line naming the file
+                raise RuntimeError(f"{self.path}: ONNX Runtime failed on this model: {str(e).splitlines()[0]}") from e
             for j, i in enumerate(idx):
                 n = min(int(count[j]), max_det)  # outputs are sorted best first: a cut keeps the best
                 out[i] = (boxes[j, :n], scores[j, :n], labels[j, :n])

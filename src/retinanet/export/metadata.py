@@ -7,7 +7,9 @@ imports the exporter.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+from typing import Any, Callable
 
 import onnx
 
@@ -20,6 +22,16 @@ IOU_INPUT = "iou_threshold"
 
 LETTERBOX_PREFIX = "letterbox/"  # name prefix of the letterbox's nodes (left in fp32 by quantize_int8)
 NAME_SCOPES_KEY = "pkg.torch.onnx.name_scopes"  # node metadata: the torch module path of a node
+
+# What the runtime side reads from metadata_props, and how each value must parse.
+REQUIRED_KEYS: dict[str, Callable[[str], Any]] = {
+    "class_names": json.loads,
+    "category_ids": json.loads,
+    "input_size": int,
+    "score_thresh": float,
+    "nms_iou": float,
+    "max_detections": int,
+}
 
 
 def metadata_of(model: onnx.ModelProto) -> dict[str, str]:
@@ -50,4 +62,32 @@ def read_metadata(path: str | Path) -> dict[str, str]:
     meta = metadata_of(model)
     if meta.get("format") != EXPORT_FORMAT:
         raise RuntimeError(f"{path}: not exported by `retinanet export` (metadata format is {meta.get('format')!r})")
+    _check_metadata(path, meta)
+    _check_signature(path, model.graph)
     return meta
+
+
+def _check_metadata(path: Path, meta: dict[str, str]) -> None:
+    """Every key the runtime reads is there and parses; else one line naming what is wrong."""
+    missing = [k for k in REQUIRED_KEYS if k not in meta]
+    if missing:
+        raise RuntimeError(f"{path}: metadata lacks {', '.join(missing)}; export the model again with `retinanet export`")
+    for key, parse in REQUIRED_KEYS.items():
+        try:
+            parse(meta[key])
+        except ValueError:
+            raise RuntimeError(f"{path}: metadata {key}={meta[key]!r} does not parse; export the model again") from None
+    names, ids = json.loads(meta["class_names"]), json.loads(meta["category_ids"])
+    if not (isinstance(names, list) and isinstance(ids, list) and len(names) == len(ids)):
+        raise RuntimeError(f"{path}: metadata class_names and category_ids are not two lists of the same length")
+
+
+def _check_signature(path: Path, graph: onnx.GraphProto) -> None:
+    """The graph takes and gives the tensors the runtime feeds and reads (a foreign graph
+    stamped as ours would otherwise fail inside ONNX Runtime at the first image)."""
+    inputs = {i.name for i in graph.input}  # the thresholds are inputs with a default initializer
+    outputs = {o.name for o in graph.output}
+    lacks = [f"input {n!r}" for n in (INPUT_NAME, SCORE_INPUT, IOU_INPUT) if n not in inputs]
+    lacks += [f"output {n!r}" for n in OUTPUT_NAMES if n not in outputs]
+    if lacks:
+        raise RuntimeError(f"{path}: the graph lacks {', '.join(lacks)}: not a `retinanet export` model")
