@@ -11,12 +11,17 @@ from the file header without decoding, so a Record's width/height always equal w
 ``read_image`` returns. A broken EXIF block is treated as "no rotation" by all of them.
 
 Undecodable or truncated files raise ImageError naming the file and the reason.
+
+Memory: an image above ``max_pixels()`` (90 megapixels unless the environment variable
+RETINANET_MAX_PIXELS says otherwise) is refused from its header, before any pixel is
+decoded: a small PNG can declare 13000 x 13000 pixels and would take gigabytes.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -43,6 +48,9 @@ SWAPS_SIDES = (5, 6, 7, 8)
 
 _SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
 
+MAX_PIXELS_ENV = "RETINANET_MAX_PIXELS"
+DEFAULT_MAX_PIXELS = 90_000_000
+
 
 class ImageError(ValueError):
     """An image file that cannot be used; the message names the file and the reason."""
@@ -64,6 +72,37 @@ class ImageInfo:
     """EXIF orientation tag (1 = none)."""
     stored_width: int = 0
     stored_height: int = 0
+
+
+def max_pixels() -> int:
+    """The largest image (width x height) decoded: RETINANET_MAX_PIXELS, else 90 megapixels."""
+    value = os.environ.get(MAX_PIXELS_ENV, "").strip()
+    if not value:
+        return DEFAULT_MAX_PIXELS
+    try:
+        limit = int(float(value))
+    except ValueError:
+        raise ValueError(f"{MAX_PIXELS_ENV}={value!r} is not a number of pixels") from None
+    if limit < 1:
+        raise ValueError(f"{MAX_PIXELS_ENV} must be a positive number of pixels, got {value!r}")
+    return limit
+
+
+def _open(path: Path) -> Image.Image:
+    """Image.open without Pillow's bomb warning: check_pixels is the limit that applies."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        return Image.open(path)
+
+
+def check_pixels(path: Path, width: int, height: int) -> None:
+    """ImageError when a ``width`` x ``height`` image is above max_pixels()."""
+    limit = max_pixels()
+    if width * height > limit:
+        raise ImageError(
+            f"{path}: {width}x{height} is {width * height / 1e6:.0f} megapixels, above the limit of "
+            f"{limit / 1e6:g} ({MAX_PIXELS_ENV}); not decoded"
+        )
 
 
 def exif_orientation(img: Image.Image) -> int:
@@ -103,10 +142,13 @@ def open_image(path: str | Path) -> Image.Image:
     if not path.is_file():
         raise MissingImageError(f"{path}: image file not found")
     try:
-        with Image.open(path) as img:
+        with _open(path) as img:
+            check_pixels(path, *img.size)  # from the header, before decoding
             img.load()  # decode fully now: truncated files fail here, not later
             orientation = exif_orientation(img)
             rgb = to_rgb(img)
+    except ImageError:
+        raise
     except Exception as e:  # PIL raises many kinds: UnidentifiedImageError, OSError, SyntaxError...
         raise ImageError(f"{path}: cannot decode image ({type(e).__name__}: {e})") from None
     if orientation != NO_ROTATION:
@@ -142,14 +184,17 @@ def image_info(path: str | Path, decode: bool = False) -> ImageInfo:
     if not path.is_file():
         raise MissingImageError(f"{path}: image file not found")
     try:
-        with Image.open(path) as img:
+        with _open(path) as img:
             w, h = img.size
+            check_pixels(path, w, h)  # from the header, before decoding
             mode = img.mode
             orientation = exif_orientation(img)
             if decode:
                 if img.format == "JPEG":
                     img.draft(img.mode, (max(1, w // 8), max(1, h // 8)))
                 img.load()
+    except ImageError:
+        raise
     except Exception as e:
         raise ImageError(f"{path}: cannot decode image ({type(e).__name__}: {e})") from None
     if w <= 0 or h <= 0:
