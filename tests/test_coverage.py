@@ -46,6 +46,17 @@ def test_tiny_boxes_get_fitted_level_sizes_and_the_class_at_risk_is_named(tmp_pa
     assert cfg.anchors.sizes == preset("default").anchors.sizes  # the caller's config is not changed
 
 
+def test_a_class_of_thin_large_boxes_is_told_about_ratios_not_input_size(tmp_path):
+    """A pole (20 x 500 px in a 640 px image) is not small: a larger input cannot help it,
+    more anchor ratios can, and the warning says so."""
+    records = [Record(tmp_path / f"{i}.jpg", i + 1, 640, 640, np.array([[40.0 + 9 * i, 60, 60 + 9 * i, 560]]), np.array([0]))
+               for i in range(20)]  # fmt: skip
+    result = fit_to_data(preset("default", num_classes=1), DetectionDataset(records, ["pole"]), fit=False)
+    assert [c.name for c in result.at_risk] == ["pole"]
+    warning = next(line for line in result.lines if line.startswith("warning:"))
+    assert "not small" in warning and "model.anchors.ratios" in warning and "need a larger input" not in warning
+
+
 def test_fitting_can_be_turned_off_and_the_check_still_reports(tmp_path):
     data = boxes_dataset(tmp_path, {"dot": (40, 60), "big": (300, 40)})
     cfg = preset("default", num_classes=2)

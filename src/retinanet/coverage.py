@@ -32,6 +32,7 @@ CLASS_REFIT_RECALL = 0.9  # ... or when a class's BPR is below this
 AT_RISK_RECALL = 0.5  # a class below this after fitting is named as at risk
 MIN_CLASS_BOXES = 5  # classes with fewer training boxes are reported but never decide a refit
 MAX_CLASS_LOSS = 0.05  # fitted anchors are refused when a class loses more coverage than this
+SMALL_STRIDES = 4  # a class whose median box side is under 4 finest strides (32 px) counts as small
 
 
 @dataclass
@@ -187,11 +188,18 @@ def _risk_line(c: ClassCoverage, cfg: ModelConfig, larger: dict[int, Coverage]) 
     """Why a class is at risk, and the coverage a run at each larger input would give it."""
     at = {size: next((x.recall for x in cov.classes if x.name == c.name), 0.0) for size, cov in larger.items()}
     hint = ", ".join(f"{100 * r:.0f}% at model.input_size={size}" for size, r in at.items())
+    stride = 2**cfg.fpn.min_level
+    if c.median_side < SMALL_STRIDES * stride:
+        advice = "Boxes this small need a larger input (model.input_size, or auto)"
+    else:  # not small: their shapes fall between the anchors'
+        advice = (
+            "Its boxes are not small: their shapes fall between the anchors' (thin or elongated objects); "
+            "more anchor ratios can cover them, e.g. model.anchors.ratios=[0.25,0.5,1,2,4]"
+        )
     return (
         f"warning: class {c.name!r} may go undetected: the anchors cover only {100 * c.recall:.0f}% of its "
         f"{c.boxes} boxes (median side {c.median_side:.0f} px, {100 * c.below_stride:.0f}% under the finest stride "
-        f"{2**cfg.fpn.min_level} px)" + (f"; a run would cover {hint}" if hint else "")
-        + ". Boxes this small need a larger input (model.input_size, or auto)"
+        f"{stride} px)" + (f"; a run would cover {hint}" if hint else "") + f". {advice}"
     )
 
 
