@@ -209,7 +209,7 @@ def validate(
         rec = check_boxes(rec, names, report)
         dropped_boxes += n_boxes - len(rec.labels)
         records.append(rec)
-    report.dropped_images = len(dataset.records) - len(records)
+    report.dropped_images = report.dropped_reading + len(dataset.records) - len(records)
     report.dropped_boxes = dropped_boxes
     out = DetectionDataset(records, list(names), list(dataset.category_ids), dataset.root, dataset.format)
     report.stats = dataset_stats(out, modes, rotated)

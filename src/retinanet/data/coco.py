@@ -115,6 +115,7 @@ def _images(data: dict, json_path: Path, report: DataReport) -> tuple[dict[int, 
     for i, im in enumerate(data["images"]):
         if not isinstance(im, dict) or not _is_int(im.get("id")) or not isinstance(im.get("file_name"), str):
             report.error("malformed annotation", json_path, f"images[{i}] needs an integer 'id' and a string 'file_name'")
+            report.dropped_reading += 1
             continue
         if id_count[im["id"]] > 1:
             report.error(
@@ -123,6 +124,7 @@ def _images(data: dict, json_path: Path, report: DataReport) -> tuple[dict[int, 
                 f"images[{i}] ({im['file_name']}): image id {im['id']} is used by {id_count[im['id']]} images; "
                 "its annotations cannot be assigned",
             )
+            report.dropped_reading += 1
             continue
         images[im["id"]] = im
     return images, {k for k, n in id_count.items() if n > 1}
@@ -134,6 +136,7 @@ def _outside_root(images: dict[int, dict], root_dir: Path, json_path: Path, repo
     outside = {i for i, im in images.items() if inside_root(root_dir, im["file_name"]) is None}
     for i in sorted(outside):
         report_outside(report, json_path, f"image id {i}", images.pop(i)["file_name"], root_dir)
+        report.dropped_reading += 1
     return outside
 
 

@@ -68,7 +68,11 @@ class DataReport:
     issues: list[Issue] = field(default_factory=list)
     stats: DatasetStats | None = None
     dropped_images: int = 0
+    """Images left out: by the reader (dropped_reading) and by validation."""
     dropped_boxes: int = 0
+    dropped_reading: int = 0
+    """Images a reader left out before validation (unreadable image, annotation file that
+    does not parse, image path outside the dataset root, ...); counted in dropped_images."""
 
     def add(self, level: str, kind: str, file: str | Path, reason: str) -> None:
         assert level in LEVELS, level
@@ -117,10 +121,10 @@ class DataReport:
         kinds = ", ".join(f"{n} {kind}" for (_, kind), n in ranked)
         shown = "; ".join(f"{i.file}: {i.reason}" for i in errors[:examples])
         more = f"; and {len(errors) - examples} more" if len(errors) > examples else ""
+        listing = f"; `retinanet check-data {self.source}` lists them all" if more else ""
         return (
             f"{self.where}: {len(errors)} unusable entr{'y' if len(errors) == 1 else 'ies'} ({kinds}): {shown}{more}. "
-            f"Fix them, or drop them with drop_bad=True (--drop-bad); "
-            f"`retinanet check-data {self.source}` lists them all"
+            f"Fix them, or drop them with drop_bad=True (--drop-bad){listing}"
         )
 
     def to_text(self, max_per_kind: int | None = None) -> str:

@@ -249,6 +249,8 @@ def read_voc(
         path = _image_path(vf, images_dir, allow_outside_root, report) if vf is not None else None
         if vf is not None and path is not None:
             records.append(_record(vf, i, path, label_of, report))
+        else:
+            report.dropped_reading += 1
     return DetectionDataset(records, names, None, images_dir, "voc")
 
 

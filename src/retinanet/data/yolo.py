@@ -57,6 +57,7 @@ def list_file_images(
             images.append(path)
         else:
             report_outside(report, list_file, f"line {n}", line, folders[-1])
+            report.dropped_reading += 1
     return images
 
 
@@ -192,11 +193,13 @@ def read_yolo(
             info = image_info(image)  # header only: the size turns normalised boxes into pixels
         except ImageError as e:
             report.image_error(image, e)
+            report.dropped_reading += 1
             continue
         lp = label_path(image, base, labels_dir)
         if lp.is_file():
             rows = parse_label_file(lp, report)
-            if rows is None:
+            if rows is None:  # reported by parse_label_file
+                report.dropped_reading += 1
                 continue
         else:
             rows = []
