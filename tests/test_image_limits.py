@@ -55,10 +55,13 @@ def test_predict_skips_a_bomb_says_so_and_stays_small(bomb, tmp_path):
     for p in (bomb, good):
         (tmp_path / "in" / p.name).symlink_to(p)
     code = (
-        "import resource, sys\n"
+        "import re, sys\n"
         "from retinanet.cli import main\n"
         "rc = main(['predict', sys.argv[1], '--output', sys.argv[2], '--preset', 'default'])\n"
-        "print('peak_mb', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)\n"
+        # VmHWM is this process's own peak: getrusage's ru_maxrss would carry over the
+        # parent's (the whole test run's) across fork and exec.
+        "hwm = re.search(r'VmHWM:\\s+(\\d+) kB', open('/proc/self/status').read()).group(1)\n"
+        "print('peak_mb', int(hwm) // 1024)\n"
         "sys.exit(rc)\n"
     )
     out = subprocess.run([sys.executable, "-c", code, str(tmp_path / "in"), str(tmp_path / "out")],
