@@ -168,26 +168,10 @@ def parse_label_file(path: Path, report: DataReport) -> list[tuple[int, list[flo
     return rows
 
 
-def read_yolo(
-    sources: list[str | Path],
-    class_names: list[str] | None = None,
-    labels_dir: str | Path | None = None,
-    report: DataReport | None = None,
-    progress: bool = True,
-    root: str | Path | None = None,
-    allow_outside_root: bool = False,
-) -> DetectionDataset:
-    """Read the images of ``sources`` (folders, list files) and their label files.
-    Without ``class_names`` the classes are named by index ('0', '1', ...). A list file
-    line leaving the dataset ``root`` and the list's folder is an error (OUTSIDE_ROOT)
-    unless ``allow_outside_root``."""
-    report = report if report is not None else DataReport(source=str(sources[0]) if sources else "")
-    images = list_images(sources, Path(root) if root else None, report, allow_outside_root)
-    if not images:
-        raise DataError(f"{', '.join(map(str, sources))}: no images ({', '.join(IMAGE_SUFFIXES)})")
-    labels_dir = Path(labels_dir) if labels_dir is not None else None
-    parsed = []
-    missing_labels = 0
+def _read_labels(images: list, labels_dir: Path | None, report: DataReport, progress: bool) -> tuple[list, int]:
+    """(image, width, height, label path, rows) per usable image, and how many images have no
+    label file. An unreadable image or label file is reported and left out."""
+    parsed, missing_labels = [], 0
     for image, base in tqdm(images, desc="reading YOLO labels", unit="img", disable=not progress, leave=False):
         try:
             info = image_info(image)  # header only: the size turns normalised boxes into pixels
@@ -206,6 +190,27 @@ def read_yolo(
             missing_labels += 1
             report.warning("no label file", image, f"no {lp}; taken as an image without objects")
         parsed.append((image, info.width, info.height, lp, rows))
+    return parsed, missing_labels
+
+
+def read_yolo(
+    sources: list[str | Path],
+    class_names: list[str] | None = None,
+    labels_dir: str | Path | None = None,
+    report: DataReport | None = None,
+    progress: bool = True,
+    root: str | Path | None = None,
+    allow_outside_root: bool = False,
+) -> DetectionDataset:
+    """Read the images of ``sources`` (folders, list files) and their label files.
+    Without ``class_names`` the classes are named by index ('0', '1', ...). A list file
+    line leaving the dataset ``root`` and the list's folder is an error (OUTSIDE_ROOT)
+    unless ``allow_outside_root``."""
+    report = report if report is not None else DataReport(source=str(sources[0]) if sources else "")
+    images = list_images(sources, Path(root) if root else None, report, allow_outside_root)
+    if not images:
+        raise DataError(f"{', '.join(map(str, sources))}: no images ({', '.join(IMAGE_SUFFIXES)})")
+    parsed, missing_labels = _read_labels(images, Path(labels_dir) if labels_dir is not None else None, report, progress)
     if parsed and missing_labels == len(parsed):
         report.warning(
             "no label file", sources[0], f"none of the {len(parsed)} images has a label file (looked for {parsed[0][3]})"
