@@ -40,3 +40,20 @@ def test_the_summary_points_at_check_data_only_when_it_cut_the_list(tmp_path):
     with pytest.raises(DataError) as many:
         load_dataset(_yolo(tmp_path / "many", good=1, broken=9), "train", progress=False)
     assert "and " in str(many.value) and "more" in str(many.value) and "lists them all" in str(many.value)
+
+
+def test_voc_entries_left_out_while_reading_are_counted_once(tmp_path):
+    """One good file, one whose <filename> leaves the image folder, one that does not parse."""
+    (tmp_path / "JPEGImages").mkdir()
+    (tmp_path / "Annotations").mkdir()
+    Image.new("RGB", (32, 24)).save(tmp_path / "JPEGImages" / "a.jpg")
+
+    def xml(name):
+        return (f"<annotation><filename>{name}</filename><size><width>32</width><height>24</height></size><object>"
+                "<name>x</name><bndbox><xmin>2</xmin><ymin>2</ymin><xmax>20</xmax><ymax>20</ymax></bndbox></object></annotation>")  # fmt: skip
+
+    (tmp_path / "Annotations" / "a.xml").write_text(xml("a.jpg"))
+    (tmp_path / "Annotations" / "b.xml").write_text(xml("/etc/hostname"))
+    (tmp_path / "Annotations" / "c.xml").write_text("<annotation")
+    ds = load_dataset(tmp_path, drop_bad=True, progress=False)
+    assert len(ds) == 1 and ds.report.dropped_images == 2

@@ -136,7 +136,6 @@ def _outside_root(images: dict[int, dict], root_dir: Path, json_path: Path, repo
     outside = {i for i, im in images.items() if inside_root(root_dir, im["file_name"]) is None}
     for i in sorted(outside):
         report_outside(report, json_path, f"image id {i}", images.pop(i)["file_name"], root_dir)
-        report.dropped_reading += 1
     return outside
 
 

@@ -49,13 +49,15 @@ def file_inside(root: Path, name: str | Path) -> bool:
 
 
 def report_outside(report: DataReport, annotation: str | Path, where: str, name: str | Path, root: Path) -> None:
-    """Report an image path from an annotation that leaves its folder (the entry is dropped)."""
+    """Report an image path from an annotation that leaves its folder; the entry is dropped
+    and counted in ``report.dropped_reading``."""
     report.error(
         OUTSIDE_ROOT,
         annotation,
         f"{where}: image path {str(name)!r} lies outside {root}; not read "
         "(set data.allow_outside_root=true if it points elsewhere on purpose)",
     )
+    report.dropped_reading += 1
 
 
 def output_path(out: Path, path: Path) -> Path:

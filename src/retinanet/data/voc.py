@@ -246,11 +246,12 @@ def read_voc(
     records = []
     for i in selected:
         vf = parsed[i]  # None: did not parse, parse_voc_xml reported it
-        path = _image_path(vf, images_dir, allow_outside_root, report) if vf is not None else None
-        if vf is not None and path is not None:
-            records.append(_record(vf, i, path, label_of, report))
-        else:
+        if vf is None:
             report.dropped_reading += 1
+            continue
+        path = _image_path(vf, images_dir, allow_outside_root, report)  # None: outside, reported and counted
+        if path is not None:
+            records.append(_record(vf, i, path, label_of, report))
     return DetectionDataset(records, names, None, images_dir, "voc")
 
 

@@ -57,7 +57,6 @@ def list_file_images(
             images.append(path)
         else:
             report_outside(report, list_file, f"line {n}", line, folders[-1])
-            report.dropped_reading += 1
     return images
 
 
