@@ -12,39 +12,31 @@ metrics. Inference prefers the EMA weights when they are present.
 
 from __future__ import annotations
 
-import os
-import tempfile
+import io
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
+from .atomic import write_atomic
 from .config import ModelConfig, from_dict
 
 FORMAT = "retinanet-mobilenet/1"
 PRETRAIN_FORMAT = "retinanet-mobilenet-pretrain/1"
 
 
-def atomic_save(obj: Any, path: str | Path) -> Path:
-    """torch.save ``obj`` to ``path`` via a temporary file and a rename: a kill never leaves a broken file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+def atomic_save(obj: Any, path: str | Path, on_written: Callable[[], None] | None = None) -> Path:
+    """torch.save ``obj`` to ``path`` atomically (atomic.write_atomic): a kill never leaves a
+    broken file, and a full disk raises an OSError naming ``path`` with the old file intact.
+    The bytes are built in memory first, so torch's writer never meets the full disk."""
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    return write_atomic(path, buf.getbuffer(), on_written)
 
 
-def save_checkpoint(state: dict[str, Any], path: str | Path) -> Path:
+def save_checkpoint(state: dict[str, Any], path: str | Path, on_written: Callable[[], None] | None = None) -> Path:
     """A detector checkpoint, stamped with FORMAT, written atomically."""
-    return atomic_save({"format": FORMAT, **state}, path)
+    return atomic_save({"format": FORMAT, **state}, path, on_written)
 
 
 def read_stamped(path: str | Path, fmt: str, key: str, what: str, map_location: str | torch.device = "cpu") -> dict[str, Any]:

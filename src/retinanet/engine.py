@@ -1,6 +1,6 @@
 """The detector's training run: the Trainer assembles model, data, optimiser, schedule,
 EMA, mixed precision, checkpoints, resume and torchrun from the shared stack
-(optim.py, runtime.py, checkpoint.py, history.py) and runs the epochs.
+(optim.py, runtime.py, checkpoint.py, run_folder.py, stop.py) and runs the epochs.
 
 The loop knows the model only through ``model(images)`` -> raw outputs,
 ``model.loss(outputs, image_hw, boxes, labels)`` -> dict of losses and
@@ -10,6 +10,7 @@ The loop knows the model only through ``model(images)`` -> raw outputs,
 from __future__ import annotations
 
 import copy
+import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,31 +23,19 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.optim.swa_utils import AveragedModel
 from tqdm import tqdm
 
-from .checkpoint import load_checkpoint, save_checkpoint
+from .checkpoint import load_checkpoint
 from .config import DataConfig, ModelConfig, RunConfig, TrainConfig, from_dict, save_yaml, to_dict
-from .coverage import FitResult, fit_to_data, format_table
+from .coverage import FitResult, fit_to_data
 from .data.dataset import DetectionDataset
 from .data.splits import choose_validation, load_split, saved_val_split
-from .history import write_results_csv
 from .model import RetinaNet
 from .optim import NonFiniteLossError, build_optimizer, clip_gradients, ema_avg_fn, non_finite, warmup_cosine
+from .run_folder import RunFolder, next_run_dir
 from .runtime import amp_dtype, resolve_device, resolve_workers, rng_state, seed_everything, set_rng_state, setup_distributed
+from .stop import StopSignals, TrainingInterrupted
 
 FITNESS_KEY = "AP"  # checkpoint "best" = highest COCO AP@[.5:.95] on the validation split
 LOSS_KEYS = ("loss", "cls", "box")  # of model.loss, averaged over an epoch's images into train_*
-
-
-# ----------------------------------------------------------------------------- run folder
-
-
-def next_run_dir(out: str, name: str) -> Path:
-    base = Path(out)
-    if name:
-        return base / name
-    n = 1
-    while (base / ("exp" if n == 1 else f"exp{n}")).exists():
-        n += 1
-    return base / ("exp" if n == 1 else f"exp{n}")
 
 
 # ----------------------------------------------------------------------------- the loop
@@ -110,11 +99,14 @@ class Trainer:
         self.step = 0  # optimiser steps taken
         self.best_fitness = -1.0
         self.history: list[dict[str, float]] = []
+        self.position: dict[str, Any] | None = None  # where in the epoch an interrupted run stopped
+        self._stop: StopSignals | None = None
         self.run_dir = self._make_run_dir(run_dir)
+        self.folder = RunFolder(self.run_dir)
         self.ddp: nn.Module = self.model
         self._wrap()
         if self.dist.is_main:
-            self._report_data()
+            self.folder.report_data(self.coverage, self.train_data, self.val_data)
 
     # -- building
 
@@ -172,25 +164,6 @@ class Trainer:
             drop_last=len(self.train_data) >= t.batch_size * self.dist.world_size,
         )
 
-    def _report_data(self) -> None:
-        """Say what the data checks fixed or warned about and how well the anchors cover
-        the boxes, and keep the full reports."""
-        for line in self.coverage.lines:
-            tqdm.write(line)
-        (self.run_dir / "anchors.txt").write_text("\n".join([*self.coverage.lines, "", format_table(self.coverage.after)]) + "\n")
-        for split, ds in (("train", self.train_data), ("val", self.val_data)):
-            report = getattr(ds, "report", None) if ds is not None else None
-            if report is None:
-                continue
-            (self.run_dir / f"data_{split}.txt").write_text(report.to_text())
-            notes = [i for i in report.issues if i.level != "error"]
-            if report.dropped_images or report.dropped_boxes:
-                tqdm.write(f"data {split}: dropped {report.dropped_images} images and {report.dropped_boxes} boxes")
-            for issue in notes[:5]:
-                tqdm.write(f"data {split}: {issue.level}: {issue.file}: {issue.reason}")
-            if len(notes) > 5:
-                tqdm.write(f"data {split}: ... {len(notes) - 5} more in {self.run_dir / f'data_{split}.txt'}")
-
     # -- helpers
 
     def _barrier(self) -> None:
@@ -203,7 +176,9 @@ class Trainer:
             dist.broadcast_object_list(path, src=0)
         out = Path(path[0])
         if self.dist.is_main:
-            out.mkdir(parents=True, exist_ok=True)
+            stale = RunFolder(out).open()
+            if stale:
+                print(f"{out}: removed {len(stale)} temporary file(s) an interrupted save left")
             save_yaml(self.cfg, out / "config.yaml")
         return out
 
@@ -236,6 +211,7 @@ class Trainer:
             "class_names": self.model.class_names,
             "category_ids": self.model.category_ids,
             "metrics": metrics,
+            "position": self.position,
         }
 
     def load_state(self, state: dict[str, Any]) -> None:
@@ -250,6 +226,7 @@ class Trainer:
         self.epoch, self.step = int(state["epoch"]), int(state["step"])
         self.best_fitness = float(state.get("best_fitness", -1.0))
         self.history = list(state.get("history") or [])
+        self.position = state.get("position")
         set_rng_state(state["rng"])
 
     @classmethod
@@ -267,18 +244,11 @@ class Trainer:
             cfg.data.val_split = saved_val_split(cfg.data)
         trainer = cls(cfg, run_dir=ckpt.parent, load_backbone_weights=False, refit=False, **kwargs)
         trainer.load_state(state)
+        if trainer.dist.is_main:  # a kill after last.pt and before results.csv left the CSV a row short
+            trainer.folder.write_results(trainer.history)
         return trainer
 
     # -- training
-
-    def _write_results(self) -> None:
-        """results.csv from the history, fixed columns: epochs that skip validation leave
-        the val_ fields empty."""
-        from .evaluation import METRIC_NAMES
-
-        first = self.history[0]
-        columns = [k for k in first if not k.startswith("val_")] + [f"val_{k}" for k in METRIC_NAMES]
-        write_results_csv(self.history, self.run_dir / "results.csv", columns)
 
     def _skip_non_finite(self, loss: Tensor, grad_norm: Tensor) -> bool:
         """True when this step must be skipped: the loss or gradient is not finite in some
@@ -333,31 +303,69 @@ class Trainer:
 
     def train_one_epoch(self) -> dict[str, float]:
         self._start_epoch()
-        sums = dict.fromkeys(LOSS_KEYS, 0.0)
-        seen, skipped = 0, 0
-        start = time.perf_counter()
+        pos = self._take_position()
+        sums, seen, skipped = pos["sums"], pos["seen"], pos["skipped"]
+        start = time.perf_counter() - pos["elapsed"]
+        self.loader.skip_batches(pos["batch"])
         bar = tqdm(
             self.loader,
             desc=f"epoch {self.epoch + 1}/{self.cfg.train.epochs}",
+            initial=pos["batch"],
+            total=self.steps_per_epoch,
             disable=not (self.progress and self.dist.is_main),
             dynamic_ncols=True,
         )
         params = [p for p in self.model.parameters() if p.requires_grad]
-        for batch in bar:
+        for done, batch in enumerate(bar, start=pos["batch"] + 1):
             losses = self._train_step(batch.to(self.device), params)
             if losses is None:
                 skipped += 1
-                continue
-            n = batch.images.shape[0]
-            seen += n
-            for k in sums:
-                sums[k] += float(losses[k].detach()) * n
-            rate = seen * self.dist.world_size / (time.perf_counter() - start)
-            shown = {k: f"{v / seen:.3f}" for k, v in sums.items()}
-            bar.set_postfix(**shown, lr=f"{self.optimizer.param_groups[0]['lr']:.2e}", img_s=f"{rate:.1f}")
-            if self.on_step is not None:
-                self.on_step(self)
+            else:
+                n = batch.images.shape[0]
+                seen += n
+                for k in sums:
+                    sums[k] += float(losses[k].detach()) * n
+                rate = seen * self.dist.world_size / (time.perf_counter() - start)
+                shown = {k: f"{v / seen:.3f}" for k, v in sums.items()}
+                bar.set_postfix(**shown, lr=f"{self.optimizer.param_groups[0]['lr']:.2e}", img_s=f"{rate:.1f}")
+                if self.on_step is not None:
+                    self.on_step(self)
+            if self._stop_requested():
+                bar.close()
+                self._interrupt(dict(batch=done, sums=sums, seen=seen, skipped=skipped, elapsed=time.perf_counter() - start))
         return self._epoch_stats(sums, seen, skipped, time.perf_counter() - start)
+
+    # -- stopping on SIGTERM / SIGINT (stop.py)
+
+    def _take_position(self) -> dict[str, Any]:
+        """Where this epoch starts: where an interrupted run stopped, else its beginning."""
+        pos = self.position or dict(batch=0, sums=dict.fromkeys(LOSS_KEYS, 0.0), seen=0, skipped=0, elapsed=0.0)
+        self.position = None
+        return pos
+
+    def _stop_requested(self) -> bool:
+        """A signal arrived (in any process: they must all stop at the same step)."""
+        flag = float(self._stop is not None and self._stop.signum is not None)
+        if self.dist.enabled:
+            t = torch.tensor(flag)
+            dist.all_reduce(t, op=dist.ReduceOp.MAX)
+            flag = t.item()
+        return flag > 0
+
+    def _interrupt(self, position: dict[str, Any]) -> None:
+        """Save a resumable mid-epoch checkpoint and raise TrainingInterrupted."""
+        signum = self._stop.signum if self._stop is not None and self._stop.signum is not None else signal.SIGTERM
+        where = f"epoch {self.epoch + 1}/{self.cfg.train.epochs}, batch {position['batch']}/{self.steps_per_epoch}"
+        saved = ""
+        if self.dist.is_main:
+            self.position = position
+            saved = f"; saved {self.folder.save_interrupted(self.state({}))}"
+        self._barrier()
+        raise TrainingInterrupted(
+            f"{signal.Signals(signum).name}: training stopped at {where}{saved}; "
+            f"continue with: retinanet train --resume {self.run_dir}",
+            signum,
+        )
 
     def _epoch_stats(self, sums: dict[str, float], seen: int, skipped: int, elapsed: float) -> dict[str, float]:
         """The epoch's row: mean losses per image (averaged over processes), lr, skipped steps, speed."""
@@ -392,15 +400,11 @@ class Trainer:
         """Rank 0: log the epoch, write last.pt (and best.pt when the AP improved)."""
         t = self.cfg.train
         self.history.append({"epoch": self.epoch, **stats, **{f"val_{k}": v for k, v in metrics.items()}})
-        self._write_results()
         fitness = metrics.get(FITNESS_KEY, -1.0) if metrics else -1.0
         improved = bool(metrics) and fitness > self.best_fitness
         if improved:
             self.best_fitness = fitness
-        state = self.state(metrics)
-        save_checkpoint(state, self.run_dir / "last.pt")
-        if improved or (self.val_data is None and self.epoch == t.epochs):
-            save_checkpoint(state, self.run_dir / "best.pt")
+        self.folder.commit_epoch(self.state(metrics), best=improved or (self.val_data is None and self.epoch == t.epochs))
         if metrics:
             tqdm.write(
                 f"epoch {self.epoch}/{t.epochs}: "
@@ -412,16 +416,18 @@ class Trainer:
         t = self.cfg.train
         last_metrics: dict[str, float] = {}
         rate = 0.0
-        while self.epoch < t.epochs:
-            stats = self.train_one_epoch()
-            rate = stats["images_per_second"]
-            self.epoch += 1
-            do_eval = self.epoch % t.eval_every == 0 or self.epoch == t.epochs
-            metrics = self.validate() if do_eval else {}
-            if self.dist.is_main:
-                last_metrics = metrics or last_metrics
-                self._end_epoch(stats, metrics)
-            self._barrier()
+        with StopSignals() as self._stop:
+            while self.epoch < t.epochs:
+                stats = self.train_one_epoch()
+                rate = stats["images_per_second"]
+                self.epoch += 1
+                do_eval = self.epoch % t.eval_every == 0 or self.epoch == t.epochs
+                metrics = self.validate() if do_eval else {}
+                if self.dist.is_main:
+                    last_metrics = metrics or last_metrics
+                    self._end_epoch(stats, metrics)
+                self._barrier()
+        self._stop = None
         best = {}
         if self.dist.is_main and (self.run_dir / "best.pt").exists():
             best = load_checkpoint(self.run_dir / "best.pt").get("metrics") or {}

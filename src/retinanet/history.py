@@ -8,25 +8,29 @@ run's file then holds exactly the epochs its checkpoint knows about.
 from __future__ import annotations
 
 import csv
+import io
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
+
+from .atomic import write_atomic
 from .figures import figure, literal_text, save_figure
 
 # One panel of a curve plot: its title and the columns it draws, column -> legend label.
 Panel = tuple[str, dict[str, str]]
 
 
-def write_results_csv(rows: Sequence[dict[str, float]], path: str | Path, columns: Sequence[str]) -> Path:
-    """Write ``rows`` under a fixed header of ``columns``: a value a row lacks (an epoch
-    without validation) is an empty cell, a key not in ``columns`` is left out."""
-    path = Path(path)
-    with open(path, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(columns), restval="", extrasaction="ignore")
-        w.writeheader()
-        w.writerows(rows)
-    return path
+def write_results_csv(
+    rows: Sequence[dict[str, float]], path: str | Path, columns: Sequence[str], on_written: Callable[[], None] | None = None
+) -> Path:
+    """Write ``rows`` under a fixed header of ``columns``, atomically: a value a row lacks
+    (an epoch without validation) is an empty cell, a key not in ``columns`` is left out."""
+    text = io.StringIO(newline="")
+    w = csv.DictWriter(text, fieldnames=list(columns), restval="", extrasaction="ignore")
+    w.writeheader()
+    w.writerows(rows)
+    return write_atomic(path, text.getvalue().encode(), on_written)
 
 
 def rows_to_columns(rows: Sequence[dict[str, float]]) -> dict[str, np.ndarray]:

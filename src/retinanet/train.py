@@ -49,7 +49,10 @@ def train(cfg: RunConfig | None = None, resume: str | Path | None = None, progre
 
     if resume is not None:
         trainer = Trainer.resume(resume, progress=progress)
-        print(f"resuming {trainer.run_dir} at epoch {trainer.epoch}/{trainer.cfg.train.epochs}")
+        where = f"epoch {trainer.epoch}/{trainer.cfg.train.epochs}"
+        if trainer.position:
+            where = f"epoch {trainer.epoch + 1}/{trainer.cfg.train.epochs}, batch {trainer.position['batch']}/{trainer.steps_per_epoch}"
+        print(f"resuming {trainer.run_dir} at {where}")
     else:
         trainer = Trainer(cfg if cfg is not None else run_config(), progress=progress)
     try:

@@ -11,6 +11,7 @@ import argparse
 import sys
 
 from .. import __version__
+from ..stop import TrainingInterrupted
 from . import anchors, benchmark, cfg, check_data, convert, evaluate, export, predict, pretrain, train, weights
 
 # command -> (module, one-line help), in the order `retinanet --help` lists them
@@ -50,6 +51,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return int(args._run(args) or 0)
+    except TrainingInterrupted as e:  # SIGTERM / Ctrl-C: saved, with the resume command
+        print(f"retinanet {args.command}: {e}", file=sys.stderr)
+        return e.exit_code
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
@@ -57,3 +61,13 @@ def main(argv: list[str] | None = None) -> int:
         # Errors meant for the user (bad config, missing file, corrupt data): one clear line.
         print(f"retinanet {args.command}: error: {e}", file=sys.stderr)
         return 1
+    except OSError as e:  # disk full, no permission, ...: the path and the cause
+        print(f"retinanet {args.command}: error: {describe_os_error(e)}", file=sys.stderr)
+        return 1
+
+
+def describe_os_error(e: OSError) -> str:
+    """'path: cause' for an OSError that names its file, else its own text."""
+    if e.filename and e.strerror:
+        return f"{e.filename}: {e.strerror}"
+    return str(e)

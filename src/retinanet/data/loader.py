@@ -169,15 +169,17 @@ class EpochSampler(Sampler):
     def __init__(self, sampler: DistributedSampler):
         self.sampler = sampler
         self.epoch = 0
+        self.skip = 0  # samples the next pass leaves out at its start (a resumed epoch)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
         self.sampler.set_epoch(epoch)
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
-        epoch = self.epoch
-        for index in self.sampler:
-            yield epoch, index
+        epoch, skip, self.skip = self.epoch, self.skip, 0
+        for i, index in enumerate(self.sampler):
+            if i >= skip:
+                yield epoch, index
 
     def __len__(self) -> int:
         return len(self.sampler)
@@ -205,6 +207,13 @@ class DetectionLoader:
             raise ValueError(f"epoch must be >= 0, got {epoch}")
         self.sampler.set_epoch(epoch)
         self._epoch_was_set = True
+
+    def skip_batches(self, n: int) -> None:
+        """Start the next pass at batch ``n`` of its epoch, with the same batches after it as
+        a full pass (the order and augmentation depend only on seed, epoch and index)."""
+        if n < 0 or n > len(self):
+            raise ValueError(f"cannot skip {n} of {len(self)} batches")
+        self.sampler.skip = n * (self.loader.batch_size or 1)
 
     def __iter__(self) -> Iterator[Batch]:
         if self._passes > 0 and not self._epoch_was_set:
