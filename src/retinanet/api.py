@@ -32,7 +32,7 @@ from torch import Tensor
 
 from .config import PredictConfig
 from .data.coco import coco_results
-from .data.images import IMAGE_SUFFIXES, read_image, to_rgb, to_uint8
+from .data.images import IMAGE_SUFFIXES, read_image_for, to_rgb, to_uint8
 from .data.yolo import yolo_line
 from .draw import class_color, draw_boxes
 
@@ -141,29 +141,44 @@ def _tensor_to_chw(t: Tensor, what: str) -> Tensor:
     raise ValueError(f"{what}: unsupported dtype {t.dtype} (use uint8, or float in [0, 1])")
 
 
+Size = tuple[int, int]
+
+
 def load_inputs(source: Any) -> tuple[list[Tensor], list[str | None], bool]:
     """Any supported input -> (3, H, W) tensors, their file names, and whether it was one image."""
+    return read_inputs(source)[:3]
+
+
+def read_inputs(source: Any, min_side: int | None = None) -> tuple[list[Tensor], list[str | None], bool, list[Size | None]]:
+    """load_inputs, plus per image the (H, W) of its file (None: the tensor's size). With
+    ``min_side`` a large JPEG may decode reduced, its longer side kept at least that."""
     if isinstance(source, (str, Path)):
         files = expand_images(source)
+        read = [read_image_for(p, min_side) for p in files]
         single = len(files) == 1 and Path(source).is_file()
-        return [read_image(p) for p in files], [str(p) for p in files], single
+        return [t for t, _ in read], [str(p) for p in files], single, [size for _, size in read]
+    if isinstance(source, (list, tuple)):
+        images, names, sizes = [], [], []
+        for item in source:
+            imgs, nms, _, szs = read_inputs(item, min_side)
+            images, names, sizes = images + imgs, names + nms, sizes + szs
+        return images, names, False, sizes
+    images, single = _in_memory(source)
+    return images, [None] * len(images), single, [None] * len(images)
+
+
+def _in_memory(source: Any) -> tuple[list[Tensor], bool]:
+    """A PIL image, array or tensor (or a batch of them) -> tensors, and whether it was one."""
     if isinstance(source, Image.Image):
-        return [_array_to_chw(np.asarray(to_rgb(source)), "PIL image")], [None], True
+        return [_array_to_chw(np.asarray(to_rgb(source)), "PIL image")], True
     if isinstance(source, np.ndarray):
         if source.ndim == 4:
-            return [_array_to_chw(a, f"array batch[{i}]") for i, a in enumerate(source)], [None] * len(source), False
-        return [_array_to_chw(source, "array")], [None], True
+            return [_array_to_chw(a, f"array batch[{i}]") for i, a in enumerate(source)], False
+        return [_array_to_chw(source, "array")], True
     if isinstance(source, Tensor):
         if source.ndim == 4:
-            return [_tensor_to_chw(t, f"tensor batch[{i}]") for i, t in enumerate(source)], [None] * len(source), False
-        return [_tensor_to_chw(source, "tensor")], [None], True
-    if isinstance(source, (list, tuple)):
-        images, names = [], []
-        for item in source:
-            imgs, nms, _ = load_inputs(item)
-            images += imgs
-            names += nms
-        return images, names, False
+            return [_tensor_to_chw(t, f"tensor batch[{i}]") for i, t in enumerate(source)], False
+        return [_tensor_to_chw(source, "tensor")], True
     raise ValueError(f"cannot predict on a {type(source).__name__}: give a path, PIL image, numpy array, tensor or a list")
 
 
@@ -340,8 +355,8 @@ class Detector:
         classes: Sequence[str | int] | None = None,
     ) -> Result | list[Result]:
         """Detections for one image (a Result) or several (a list of Results, in input order)."""
-        images, names, single = load_inputs(source)
-        results = self.predict_tensors(images, names, conf, iou, max_det, classes)
+        images, names, single, sizes = read_inputs(source, self.input_size)
+        results = self.predict_tensors(images, names, conf, iou, max_det, classes, sizes)
         return results[0] if single else results
 
     def predict_tensors(
@@ -352,33 +367,49 @@ class Detector:
         iou: float | None = None,
         max_det: int | None = None,
         classes: Sequence[str | int] | None = None,
+        sizes: Sequence[Size | None] | None = None,
     ) -> list[Result]:
-        """(3, H, W) uint8 / float tensors -> Results (the step after input decoding)."""
+        """(3, H, W) uint8 / float tensors -> Results (the step after input decoding).
+        ``sizes``: per image, the (H, W) of the file it was decoded reduced from (None: the
+        tensor's size); its boxes and image_size are given in that frame."""
         conf = self.conf if conf is None else _check_conf(conf)
         iou = self.iou if iou is None else _check_iou(iou)
         max_det = self.max_det if max_det is None else _check_max_det(max_det)
         keep_classes = self.classes if classes is None else self.resolve_classes(classes)
         names = names if names is not None else [None] * len(images)
+        sizes = sizes if sizes is not None else [None] * len(images)
         results: list[Result] = []
         for start in range(0, len(images), self.batch_size):
             chunk = images[start : start + self.batch_size]
-            for img, name, (boxes, scores, labels) in zip(chunk, names[start:], self.backend.run(chunk, conf, iou, max_det)):
+            found = self.backend.run(chunk, conf, iou, max_det)
+            for img, name, size, (boxes, scores, labels) in zip(chunk, names[start:], sizes[start:], found):
                 if keep_classes is not None:
                     sel = np.isin(labels, keep_classes)
                     boxes, scores, labels = boxes[sel], scores[sel], labels[sel]
                 labels = labels.astype(np.int64)
+                shape = (int(img.shape[-2]), int(img.shape[-1]))
                 results.append(
                     Result(
-                        boxes=boxes.astype(np.float32).reshape(-1, 4),
+                        boxes=to_frame(boxes.astype(np.float32).reshape(-1, 4), shape, size or shape),
                         scores=scores.astype(np.float32),
                         labels=labels,
                         names=[self.class_names[i] for i in labels.tolist()],
-                        image_size=(int(img.shape[-2]), int(img.shape[-1])),
+                        image_size=size or shape,
                         source=name,
                         category_ids=[self.category_ids[i] for i in labels.tolist()],
                     )
                 )
         return results
+
+
+def to_frame(boxes: np.ndarray, shape: Size, size: Size) -> np.ndarray:
+    """xyxy boxes on an (H, W) ``shape`` image -> on a ``size`` image of the same content
+    (a JPEG's reduced decode to its file's pixels, and back for drawing)."""
+    (h, w), (fh, fw) = shape, size
+    if (h, w) == (fh, fw):
+        return boxes
+    frame = np.array([fw, fh, fw, fh], np.float32)
+    return np.minimum(boxes * (frame / np.array([w, h, w, h], np.float32)), frame)
 
 
 def _check_conf(conf: float) -> float:
@@ -405,13 +436,14 @@ def _check_max_det(n: int) -> int:
 def annotate(image: Tensor | np.ndarray, result: Result) -> np.ndarray:
     """The image (3, H, W) tensor or (H, W, 3) array with boxes and ``name score`` labels
     drawn in the class palette (draw.py, shared with the evaluation plots); returns
-    (H, W, 3) uint8 RGB."""
+    (H, W, 3) uint8 RGB. A reduced decode of the result's file gets its boxes scaled to it."""
     if isinstance(image, np.ndarray):
         image = _array_to_chw(image, "image")
     text = [f"{n} {s:.2f}" for n, s in zip(result.names, result.scores.tolist())]
     colors = [class_color(label) for label in result.labels.tolist()]
-    drawn = draw_boxes(to_uint8(image), torch.from_numpy(result.boxes), text, colors)
+    boxes = to_frame(result.boxes, result.image_size, (int(image.shape[-2]), int(image.shape[-1])))
+    drawn = draw_boxes(to_uint8(image), torch.from_numpy(boxes), text, colors)
     return drawn.permute(1, 2, 0).contiguous().numpy()  # (3, H, W) -> (H, W, 3)
 
 
-__all__ = ["Detector", "Result", "annotate", "expand_images", "load_inputs"]
+__all__ = ["Detector", "Result", "annotate", "expand_images", "load_inputs", "read_inputs", "to_frame"]

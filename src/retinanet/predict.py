@@ -1,10 +1,13 @@
 """Running a Detector over what a user points it at: image files, folders, globs, video
 files and webcams, writing what `retinanet predict` promises into one folder:
 
-  <image name>             the image with boxes drawn (unless save is off)
+  <image name>             the image with boxes drawn (unless save is off; a JPEG above
+                           images.DRAFT_MIN_PIXELS at the reduced size it decoded at)
   <video stem>.mp4         the annotated video
   labels/<stem>.txt        YOLO txt per image / frame (save_txt; + score with save_conf)
   detections.json          COCO-style: images, annotations (with score), categories
+
+Boxes in the JSON and txt files are in the file's own pixels, whatever size it decoded at.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from tqdm import tqdm
 
 from .api import Detector, Result, annotate, expand_images
 from .config import PredictConfig
-from .data.images import ImageError, read_image, unique_file_names
+from .data.images import ImageError, read_image_for, unique_file_names
 from .video import VideoSink, VideoSource, is_video, is_webcam
 
 JSON_NAME = "detections.json"
@@ -113,17 +116,30 @@ def predict(detector: Detector, sources: Sources, cfg: PredictConfig) -> Predict
     return PredictSummary(len(writer.images), len(writer.annotations), path, failed)
 
 
-def _read_chunk(files: list[Path], out_names: list[str]) -> tuple[list[torch.Tensor], list[tuple[Path, str]], int]:
-    """Decoded images of one batch, their (path, output name), and how many failed."""
-    chunk, names, failed = [], [], 0
+@dataclass
+class _Chunk:
+    """Decoded images of one batch: each with its (path, output name) and its file's (H, W)
+    (a large JPEG decodes reduced, at least min_side on its longer side)."""
+
+    images: list[torch.Tensor] = field(default_factory=list)
+    names: list[tuple[Path, str]] = field(default_factory=list)
+    sizes: list[tuple[int, int]] = field(default_factory=list)
+    failed: int = 0
+
+
+def _read_chunk(files: list[Path], out_names: list[str], min_side: int) -> _Chunk:
+    chunk = _Chunk()
     for path, out_name in zip(files, out_names):
         try:
-            chunk.append(read_image(path))
-            names.append((path, out_name))
+            image, size = read_image_for(path, min_side)
         except ImageError as e:
             tqdm.write(f"skipped: {e}", file=sys.stderr)
-            failed += 1
-    return chunk, names, failed
+            chunk.failed += 1
+            continue
+        chunk.images.append(image)
+        chunk.names.append((path, out_name))
+        chunk.sizes.append(size)
+    return chunk
 
 
 def _predict_images(files: list[Path], det: Detector, writer: Writer) -> int:
@@ -132,9 +148,10 @@ def _predict_images(files: list[Path], det: Detector, writer: Writer) -> int:
     failed, batch = 0, writer.cfg.batch
     bar = tqdm(total=len(files), desc="images", unit="img", disable=len(files) < 2, file=sys.stderr)
     for start in range(0, len(files), batch):
-        chunk, names, bad = _read_chunk(files[start : start + batch], out_names[start : start + batch])
-        failed += bad
-        for img, (path, out_name), result in zip(chunk, names, det.predict_tensors(chunk, [str(p) for p, _ in names])):
+        chunk = _read_chunk(files[start : start + batch], out_names[start : start + batch], det.input_size)
+        failed += chunk.failed
+        results = det.predict_tensors(chunk.images, [str(p) for p, _ in chunk.names], sizes=chunk.sizes)
+        for img, (path, out_name), result in zip(chunk.images, chunk.names, results):
             writer.add(result, str(path), Path(out_name).stem)
             if writer.cfg.save:
                 save_rgb(annotate(img, result), writer.out / out_name)

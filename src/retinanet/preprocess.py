@@ -20,6 +20,32 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 # padded image is an exact fraction of it.
 RECT_STRIDE = 32
 
+# A uint8 image above STRIP_PIXELS is widened to float STRIP_ROWS rows at a time: the float
+# copy of a whole 60-megapixel image would take 720 MB.
+STRIP_PIXELS = 4_000_000
+STRIP_ROWS = 256
+
+
+def _antialiased(x: Tensor, h: int, w: int) -> Tensor:
+    """Antialiased bilinear, like PIL's resize, so small outputs do not alias."""
+    return F.interpolate(x[None], size=(h, w), mode="bilinear", align_corners=False, antialias=True)[0]
+
+
+def resize(img: Tensor, h: int, w: int) -> Tensor:
+    """(3, H, W) uint8 or float in [0, 1] -> (3, h, w) float in [0, 1].
+
+    A large uint8 image shrinks along its width a band of rows at a time, then along its
+    height: the two separable passes the single call makes, with the same result to the
+    bit, without a float copy of the whole image."""
+    ih, iw = img.shape[-2:]
+    if img.dtype != torch.uint8 or ih * iw <= STRIP_PIXELS or h > ih or w > iw:
+        return _antialiased(img.float() / 255 if img.dtype == torch.uint8 else img.float(), h, w)
+    narrow = torch.empty(3, ih, w)
+    for y in range(0, ih, STRIP_ROWS):
+        band = img[:, y : y + STRIP_ROWS].float().div_(255)
+        narrow[:, y : y + band.shape[1]] = _antialiased(band, band.shape[1], w)
+    return _antialiased(narrow, h, w)
+
 
 def letterbox_size(h: int, w: int, size: int) -> tuple[int, int, float]:
     scale = size / max(h, w)
@@ -54,9 +80,7 @@ def letterbox(images: list[Tensor], size: int, stride: int | None = None) -> tup
             raise ValueError(f"image {i}: expected a (3, H, W) tensor, got shape {tuple(img.shape)}")
         h, w = img.shape[-2:]
         nh, nw, scale = letterbox_size(h, w, size)
-        x = img.float() / 255 if img.dtype == torch.uint8 else img.float()
-        # Antialiased bilinear, like PIL's resize, so small outputs do not alias.
-        resized.append(F.interpolate(x[None], size=(nh, nw), mode="bilinear", align_corners=False, antialias=True)[0])
+        resized.append(resize(img, nh, nw))
         scales.append(scale)
         sizes.append((h, w))
     out_h = out_w = size

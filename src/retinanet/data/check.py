@@ -14,7 +14,7 @@ import numpy as np
 from tqdm import tqdm
 
 from .dataset import DetectionDataset, Record
-from .images import SWAPS_SIDES, ImageError, ImageInfo, image_info
+from .images import SWAPS_SIDES, TRUNCATED_ROWS_LIMIT, ImageError, ImageInfo, image_info
 from .report import CHECK_MODES, FULL, NONE, DataReport
 from .stats import dataset_stats
 
@@ -83,7 +83,8 @@ def _size_mismatch(rec: Record, info: ImageInfo) -> str | None:
 
 def _image_usable(rec: Record, info: ImageInfo | ImageError | None, report: DataReport) -> bool:
     """Report a missing / unreadable image, a size mismatch, or (``info`` None: images not
-    inspected) an unknown size; True when the record's image is usable."""
+    inspected) an unknown size; True when the record's image is usable. A JPEG that lost
+    a little of its end is usable and reported as fixed."""
     ann = rec.annotation_path or rec.image_path
     if info is None:
         if rec.width <= 0 or rec.height <= 0:
@@ -97,6 +98,12 @@ def _image_usable(rec: Record, info: ImageInfo | ImageError | None, report: Data
     if why is not None:
         report.error("size mismatch", ann, f"{rec.image_path.name}: {why}")
         return False
+    if info.missing_rows is not None:
+        report.fixed(
+            "truncated image", rec.image_path,
+            f"{rec.image_path.name}: the file ends early: {info.missing_rows:.1%} of its rows are missing entirely "
+            f"(up to {TRUNCATED_ROWS_LIMIT:.0%} is accepted) and what was not decoded is grey; used",
+        )  # fmt: skip
     return True
 
 

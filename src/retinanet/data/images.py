@@ -10,15 +10,22 @@ is applied (as COCO, Ultralytics, CVAT and Label Studio do). ``open_image`` /
 from the file header without decoding, so a Record's width/height always equal what
 ``read_image`` returns. A broken EXIF block is treated as "no rotation" by all of them.
 
-Undecodable or truncated files raise ImageError naming the file and the reason.
+Undecodable files raise ImageError naming the file and the reason. A baseline JPEG that
+ends early is the exception: when at most ``TRUNCATED_ROWS_LIMIT`` of its rows are lost
+it is decoded as far as its data goes (the rest grey) and used; its ImageInfo / Decoded
+carry the fraction so the data checks can report it.
 
 Memory: an image above ``max_pixels()`` (90 megapixels unless the environment variable
 RETINANET_MAX_PIXELS says otherwise) is refused from its header, before any pixel is
-decoded: a small PNG can declare 13000 x 13000 pixels and would take gigabytes.
+decoded: a small PNG can declare 13000 x 13000 pixels and would take gigabytes. For
+inference (``min_side``) a JPEG above ``DRAFT_MIN_PIXELS`` is decoded at 1/2, 1/4 or 1/8
+of its size by libjpeg's DCT scaling, never below what the letterbox needs; the limit
+then applies to the pixels actually decoded.
 """
 
 from __future__ import annotations
 
+import io
 import os
 import shutil
 import warnings
@@ -51,6 +58,25 @@ _SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
 MAX_PIXELS_ENV = "RETINANET_MAX_PIXELS"
 DEFAULT_MAX_PIXELS = 90_000_000
 
+DRAFT_MIN_PIXELS = 24_000_000
+"""Inference decodes a JPEG above this many pixels reduced (Image.draft): a 12000 x 9000
+photo then costs 5 MB of pixels instead of 324. Smaller ones decode in full, which is
+cheap and keeps the annotated copy at the file's size and the boxes identical to those
+of the same pixels passed as an array."""
+
+TRUNCATED_ROWS_LIMIT = 0.01
+"""A baseline JPEG that ends early is used when at most this fraction of its rows is
+missing: losing the last bytes greys a few blocks of the last row band, not the picture.
+More missing, or a progressive JPEG (its loss is spread over the whole
+image), stays an error."""
+CHECK_SCALE = 8
+"""image_info(decode=True) and the truncation measure decode JPEGs at 1/8 scale: the whole
+data stream is still read, and checking and loading agree on the rows missing."""
+_JPEG_FILL = 128  # what libjpeg gives every pixel of a block it has no data for (L, RGB)
+_EOI = b"\xff\xd9"  # end-of-image marker
+_TRUNCATED = "image file is truncated"  # Pillow's OSError for data that stops early
+_STRIP_ROWS = 512  # rows copied at a time from a PIL image into numpy
+
 
 class ImageError(ValueError):
     """An image file that cannot be used; the message names the file and the reason."""
@@ -72,6 +98,19 @@ class ImageInfo:
     """EXIF orientation tag (1 = none)."""
     stored_width: int = 0
     stored_height: int = 0
+    missing_rows: float | None = None
+    """A JPEG that ends early and is still used (decode=True): fraction of its rows lost,
+    decoded grey. None for a whole file."""
+
+
+@dataclass(frozen=True)
+class Decoded:
+    image: Image.Image
+    """RGB in displayed orientation; smaller than the file when a JPEG was drafted."""
+    size: tuple[int, int]
+    """(height, width) of the file in displayed orientation: the frame boxes refer to."""
+    missing_rows: float | None = None
+    """As ImageInfo.missing_rows."""
 
 
 def max_pixels() -> int:
@@ -136,24 +175,136 @@ def to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
-def open_image(path: str | Path) -> Image.Image:
-    """Decoded, EXIF-rotated RGB PIL image."""
-    path = Path(path)
+def draft_request(width: int, height: int, min_side: int) -> tuple[int, int] | None:
+    """The size to ask Image.draft for, or None to decode in full. Pillow picks the largest
+    DCT scale (1/2, 1/4, 1/8) that keeps both sides at least the request, so asking for the
+    image shrunk to a longer side of ``min_side`` never decodes below what the letterbox
+    needs."""
+    longer = max(width, height)
+    if width * height <= DRAFT_MIN_PIXELS or longer < 2 * min_side:
+        return None
+    return max(1, -(-width * min_side // longer)), max(1, -(-height * min_side // longer))
+
+
+def _cannot_decode(path: Path, e: Exception) -> ImageError:
+    return ImageError(f"{path}: cannot decode image ({type(e).__name__}: {e})")
+
+
+def _open_checked(path: Path) -> Image.Image:
     if not path.is_file():
         raise MissingImageError(f"{path}: image file not found")
     try:
-        with _open(path) as img:
-            check_pixels(path, *img.size)  # from the header, before decoding
-            img.load()  # decode fully now: truncated files fail here, not later
-            orientation = exif_orientation(img)
-            rgb = to_rgb(img)
+        return _open(path)
+    except Exception as e:  # PIL raises many kinds: UnidentifiedImageError, OSError, SyntaxError...
+        raise _cannot_decode(path, e) from None
+
+
+def _fill_rows(pixels: np.ndarray) -> int:
+    """Rows at the bottom whose every value is libjpeg's fill grey."""
+    grey = (pixels.reshape(pixels.shape[0], -1) == _JPEG_FILL).all(axis=1)
+    decoded = np.flatnonzero(~grey)
+    return len(grey) - (int(decoded[-1]) + 1 if len(decoded) else 0)
+
+
+def _repaired(data: bytes) -> Image.Image:
+    """A JPEG that ends early, given back its end-of-image marker: libjpeg then decodes what
+    is there and fills the rest with grey, for this image alone (Pillow's
+    LOAD_TRUNCATED_IMAGES would do the same for every image of every thread)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        return Image.open(io.BytesIO(data + _EOI))
+
+
+def _missing_rows(path: Path, data: bytes) -> float:
+    """Fraction of the rows a truncated JPEG lost, measured at 1/8 scale; ImageError when
+    it is above TRUNCATED_ROWS_LIMIT or cannot be measured."""
+    with _repaired(data) as img:
+        if img.info.get("progressive"):  # its loss is spread over the whole picture
+            why = "truncated progressive JPEG: the missing data cannot be located"
+        elif img.mode in ("L", "RGB"):  # a baseline scan fills rows top to bottom
+            img.draft(img.mode, (max(1, img.width // CHECK_SCALE), max(1, img.height // CHECK_SCALE)))
+            img.load()
+            pixels = np.asarray(img)
+            missing = _fill_rows(pixels) / pixels.shape[0]
+            if missing <= TRUNCATED_ROWS_LIMIT:
+                return missing
+            why = f"truncated JPEG: {missing:.1%} of its rows are missing, more than {TRUNCATED_ROWS_LIMIT:.0%}"
+        else:
+            why = f"truncated {img.mode} JPEG: the rows missing cannot be measured"
+    raise ImageError(f"{path}: cannot decode image ({why})")
+
+
+def _load(img: Image.Image, path: Path) -> float | None:
+    """Decode ``img``; None when its file is whole. A JPEG that ends early is measured
+    instead (the fraction of rows missing, or ImageError beyond the limit) and left
+    undecoded: the caller decodes its repaired bytes."""
+    try:
+        img.load()
+        return None
+    except OSError as e:
+        if img.format != "JPEG" or not str(e).startswith(_TRUNCATED):
+            raise
+    return _missing_rows(path, path.read_bytes())
+
+
+def decode_image(path: str | Path, min_side: int | None = None) -> Decoded:
+    """The file decoded to RGB in displayed orientation, with its own size.
+
+    ``min_side`` (inference: the model's input size) lets a JPEG above DRAFT_MIN_PIXELS
+    decode at reduced size with its longer side still at least ``min_side``; boxes found
+    on it must be scaled to ``size``, the file's frame."""
+    path = Path(path)
+    img = _open_checked(path)
+    keep = False
+    try:
+        w, h = img.size
+        request = draft_request(w, h, min_side) if min_side and img.format == "JPEG" else None
+        if request:
+            img.draft("RGB", request)
+        check_pixels(path, *img.size)  # from the header, before decoding
+        orientation = exif_orientation(img)
+        missing = _load(img, path)  # decode fully now: truncated files fail here, not later
+        if missing is None:
+            rgb = _rgb(img)
+        else:
+            repaired = _repaired(path.read_bytes())
+            if request:
+                repaired.draft("RGB", request)
+            rgb = to_rgb(repaired)
+        keep = rgb is img
     except ImageError:
         raise
     except Exception as e:  # PIL raises many kinds: UnidentifiedImageError, OSError, SyntaxError...
-        raise ImageError(f"{path}: cannot decode image ({type(e).__name__}: {e})") from None
+        raise _cannot_decode(path, e) from None
+    finally:
+        if not keep:
+            img.close()
     if orientation != NO_ROTATION:
         rgb = rgb.transpose(_TRANSPOSE[orientation])
-    return rgb
+    return Decoded(rgb, (w, h) if orientation in SWAPS_SIDES else (h, w), missing)
+
+
+def _rgb(img: Image.Image) -> Image.Image:
+    """A decoded image as RGB: an RGB one whose file is already closed as it is (converting
+    would copy every pixel), any other through to_rgb."""
+    if img.mode == "RGB" and getattr(img, "fp", None) is None:
+        return img
+    return to_rgb(img)
+
+
+def open_image(path: str | Path) -> Image.Image:
+    """Decoded, EXIF-rotated RGB PIL image."""
+    return decode_image(path).image
+
+
+def _to_array(img: Image.Image) -> np.ndarray:
+    """(H, W, 3) uint8 pixels of an RGB image, copied a strip at a time: np.array(img)
+    makes two whole-image byte copies on the way (360 MB for a 60-megapixel image)."""
+    w, h = img.size
+    out = np.empty((h, w, 3), np.uint8)
+    for y in range(0, h, _STRIP_ROWS):
+        out[y : y + _STRIP_ROWS] = np.asarray(img.crop((0, y, w, min(h, y + _STRIP_ROWS))))
+    return out
 
 
 def read_image(path: str | Path) -> torch.Tensor:
@@ -162,7 +313,14 @@ def read_image(path: str | Path) -> torch.Tensor:
     The tensor is a permuted view of the decoded (H, W, 3) pixels (channels-last memory):
     that skips a copy, and the uint8 antialiased resize that usually follows runs about
     twice as fast on this layout."""
-    return torch.from_numpy(np.array(open_image(path))).permute(2, 0, 1)  # (H, W, 3) -> (3, H, W) view
+    return read_image_for(path)[0]
+
+
+def read_image_for(path: str | Path, min_side: int | None = None) -> tuple[torch.Tensor, tuple[int, int]]:
+    """read_image for inference: the tensor, possibly drafted (see decode_image), and the
+    file's (height, width) that boxes found on the tensor must be scaled to."""
+    decoded = decode_image(path, min_side)
+    return torch.from_numpy(_to_array(decoded.image)).permute(2, 0, 1), decoded.size  # (H, W, 3) -> (3, H, W) view
 
 
 def to_uint8(image: torch.Tensor) -> torch.Tensor:
@@ -179,10 +337,12 @@ def image_info(path: str | Path, decode: bool = False) -> ImageInfo:
     files). ``decode=True`` also decodes every byte of pixel data, which is what finds a
     truncated or corrupt file. JPEGs are decoded at 1/8 scale for this (libjpeg's DCT
     scaling): the whole entropy-coded stream is still read, so truncation is still found.
+    A JPEG that ends early but is usable has ``missing_rows`` set.
     """
     path = Path(path)
     if not path.is_file():
         raise MissingImageError(f"{path}: image file not found")
+    missing = None
     try:
         with _open(path) as img:
             w, h = img.size
@@ -191,16 +351,16 @@ def image_info(path: str | Path, decode: bool = False) -> ImageInfo:
             orientation = exif_orientation(img)
             if decode:
                 if img.format == "JPEG":
-                    img.draft(img.mode, (max(1, w // 8), max(1, h // 8)))
-                img.load()
+                    img.draft(img.mode, (max(1, w // CHECK_SCALE), max(1, h // CHECK_SCALE)))
+                missing = _load(img, path)
     except ImageError:
         raise
     except Exception as e:
-        raise ImageError(f"{path}: cannot decode image ({type(e).__name__}: {e})") from None
+        raise _cannot_decode(path, e) from None
     if w <= 0 or h <= 0:
         raise ImageError(f"{path}: image has zero size {w}x{h}")
     dw, dh = (h, w) if orientation in SWAPS_SIDES else (w, h)
-    return ImageInfo(dw, dh, mode, orientation, w, h)
+    return ImageInfo(dw, dh, mode, orientation, w, h, missing)
 
 
 def place_image(src: Path, dst: Path, copy: bool = False) -> None:

@@ -3,15 +3,17 @@
 
 Three levels of problem:
 
-- ``error``: the entry is unusable and is dropped: a missing, unreadable or truncated
-  image; an image path in an annotation that leaves its folder (``path outside dataset
-  root``; never opened); an annotation file that does not parse (or an xml with a DTD or
-  entities, refused); a box with a NaN/inf coordinate, zero
-  or negative size or lying wholly outside its image; an unknown class; a duplicate
-  image id. ``load_dataset(drop_bad=False)`` (what training does) raises DataError when
-  there is any; ``drop_bad=True`` drops them and carries on.
+- ``error``: the entry is unusable and is dropped: a missing or unreadable image, or a
+  JPEG cut short by more than 1% of its rows (any cut of a progressive one); an image
+  path in an annotation that leaves its folder (``path outside dataset root``; never
+  opened); an annotation file that does not parse (or an xml with a DTD or entities,
+  refused); a box with a NaN/inf coordinate, zero or negative size or lying wholly
+  outside its image; an unknown class; a duplicate image id.
+  ``load_dataset(drop_bad=False)`` (what training does) raises DataError when there is
+  any; ``drop_bad=True`` drops them and carries on.
 - ``fixed``: repaired and reported, never fatal: a box partly outside its image is
-  clipped to it.
+  clipped to it; a baseline JPEG missing at most 1% of its rows at the end (``truncated
+  image``, images.TRUNCATED_ROWS_LIMIT) is used with the lost part grey.
 - ``warning``: worth knowing, nothing changed: a duplicate annotation id, an image
   without a label file, a requested split the dataset does not define.
 
