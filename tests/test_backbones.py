@@ -132,3 +132,10 @@ def test_a_poisoned_hub_cache_is_refused_without_running_its_payload(tmp_path, m
     with pytest.raises(RuntimeError, match="cannot load ImageNet weights for mobilenet_v3_large"):
         imagenet_state_dict("mobilenet_v3_large")
     assert not marker.exists()
+
+
+def test_the_command_lines_list_of_backbones_is_the_table():
+    from retinanet.backbones import BACKBONES
+    from retinanet.config.model import BACKBONE_NAMES
+
+    assert tuple(BACKBONES) == BACKBONE_NAMES

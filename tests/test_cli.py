@@ -169,3 +169,13 @@ def test_benchmark_command_small(capsys):
     assert [r.split("|")[2].strip() for r in rows] == ["64", "64", "96", "96"]
     assert main(["benchmark", "--runtimes", "eager", "--batch", "0", "--no-peer"]) == 1
     assert "batch and repeats must be at least 1" in capsys.readouterr().err
+
+
+def test_the_command_line_loads_without_torchvision():
+    """`retinanet --help` and the ONNX paths of predict need no torchvision (160 MB, 2 s)."""
+    import subprocess
+    import sys
+
+    code = "import sys, retinanet.cli; print('torchvision' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0 and out.stdout.strip() == "False", out.stdout + out.stderr

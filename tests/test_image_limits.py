@@ -14,6 +14,8 @@ import pytest
 import torch
 from PIL import Image
 
+from test_export import shared_export
+
 from retinanet.api import Detector
 from retinanet.config import PostprocessConfig, PredictConfig
 from retinanet.data.images import ImageError, draft_request, image_info, max_pixels, read_image
@@ -135,6 +137,20 @@ def test_a_12000_x_9000_jpeg_decodes_drafted_in_little_memory(peaks):
     assert [(i["width"], i["height"]) for i in data["images"]] == [(12000, 9000)]
     with Image.open(tmp / "out_jpeg" / "huge.jpg") as drawn:  # the annotated copy: the drafted size
         assert drawn.size == (1500, 1125)
+
+
+def test_a_12000_x_9000_jpeg_predicts_under_700_mb_with_an_onnx_model(peaks, tmp_path_factory):
+    """The ONNX path needs neither torchvision nor the model's weights in torch: the whole
+    command, torch's import included, stays under 700 MB."""
+    _, tmp = peaks
+    _, onnx_path = shared_export(tmp_path_factory)
+    code = PEAK_CODE.replace("'--preset', 'default'", f"'--model', {str(onnx_path)!r}, '--no-save'")
+    out = subprocess.run([sys.executable, "-c", code, f"{tmp / 'jpeg'}|{tmp / 'out_onnx'}"], capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr
+    peak = int(next(line.split()[2] for line in out.stdout.splitlines() if line.startswith("peak_mb")))
+    assert peak < 700, peak
+    data = json.loads((tmp / "out_onnx" / "detections.json").read_text())
+    assert [(i["width"], i["height"]) for i in data["images"]] == [(12000, 9000)]
 
 
 def test_a_60_megapixel_png_predicts_under_1_5_gb(peaks):

@@ -1,5 +1,5 @@
 """Box coder and the IoU helpers torchvision lacks (batched over images, intersection
-over the first box's area). Boxes are xyxy in absolute pixels everywhere."""
+over the area of the box covered). Boxes are xyxy in absolute pixels everywhere."""
 
 from __future__ import annotations
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 
-from ..benchmark import BLOCK
 from ..config.export import DEFAULT_RUNTIMES, RUNTIMES, BenchConfig
 
 
@@ -21,13 +20,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-peer", action="store_true", help="skip the torchvision peer")
     p.add_argument("--image", help="photo to run on (default: a synthetic 640x480 scene)")
     p.add_argument("--calibration", help="int8 calibration images, folder or glob (default: the benchmark image)")
-    p.add_argument("--repeats", type=int, default=d.repeats, help=f"rounds of {BLOCK} calls per runtime (default {d.repeats})")
+    p.add_argument("--repeats", type=int, default=d.repeats, help=f"rounds of back-to-back calls per runtime (default {d.repeats})")
     p.add_argument("--threads", type=int, default=d.threads, help=f"intra-op threads (default {d.threads})")
 
 
 def run(args: argparse.Namespace) -> int:
     from ..api import expand_images
-    from ..benchmark import benchmark, format_rows, machine_line, model_factory, test_image
+    from ..benchmark import BLOCK, benchmark, format_rows, machine_line, model_factory, test_image
 
     runtimes = tuple(args.runtimes) + (("compile",) if args.compile and "compile" not in args.runtimes else ())
     calibration = expand_images(args.calibration) if args.calibration else None

@@ -9,7 +9,6 @@ from typing import Any
 
 from ..api import Detector
 from ..config import PredictConfig, preset
-from ..model import build_model
 from ..predict import check_config, predict, resolve_sources
 
 D = PredictConfig
@@ -49,6 +48,8 @@ def run(args: argparse.Namespace) -> int:
     model: Any = args.model
     if not model:
         print(f"no --model given: using an untrained {args.preset!r} model (its detections are noise)", file=sys.stderr)
+        from ..model import build_model  # only here: torchvision is not needed for an ONNX model
+
         model = build_model(preset(args.preset))
     det = Detector(
         model, conf=cfg.conf, iou=cfg.iou, max_det=cfg.max_det, classes=cfg.class_list(),

@@ -7,8 +7,8 @@ import argparse
 from dataclasses import fields
 from pathlib import Path
 
-from ..backbones import BACKBONES
 from ..config import CropConfig, PretrainConfig
+from ..config.model import BACKBONE_NAMES
 from ..config.pretrain import DEFAULT_LR, DEFAULT_WEIGHT_DECAY, OPTIMIZERS, REFERENCE_BATCH
 
 CONFIG_ARGS = tuple(f.name for f in fields(PretrainConfig))
@@ -17,7 +17,7 @@ CONFIG_ARGS = tuple(f.name for f in fields(PretrainConfig))
 def add_arguments(p: argparse.ArgumentParser) -> None:
     D = PretrainConfig
     p.add_argument("data_dir", nargs="?", help="folder of class subfolders, or with train/ and val/ subfolders of that form")
-    p.add_argument("--backbone", default=None, help=f"{' | '.join(BACKBONES)} (default: {D.backbone})")
+    p.add_argument("--backbone", default=None, help=f"{' | '.join(BACKBONE_NAMES)} (default: {D.backbone})")
     p.add_argument("--width", type=float, default=None, help=f"width multiplier of MobileNetV1 (default: {D.width})")
     p.add_argument("--weights", default=None, help=f"imagenet | none | PATH to start from (default: {D.weights})")
     p.add_argument("--epochs", type=int, default=None, help=f"default: {D.epochs}")

@@ -15,6 +15,10 @@ PAPER_ANCHOR_RATIOS = (0.5, 1.0, 2.0)  # height / width
 PAPER_PRIOR_PROB = 0.01  # class-head bias = -log((1 - pi) / pi)
 
 
+BACKBONE_NAMES = ("mobilenet_v1", "mobilenet_v2", "mobilenet_v3_large", "mobilenet_v3_small")
+"""The keys of backbones.BACKBONES, here so the command line can list them without importing torchvision."""
+
+
 @dataclass
 class BackboneConfig:
     name: str = "mobilenet_v2"

@@ -25,10 +25,12 @@ from .files import file_inside, header_size, inside_root, output_names, output_p
 from .report import DataError, DataReport
 
 COCO_PREFIX = "instances_"  # annotations/instances_<split>.json
+_FLOAT_MAX = int(np.finfo(np.float64).max)  # a larger JSON integer has no float value
 
 
 def _is_number(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
+    """An int or float that converts to a float (a JSON integer past 1e308 does not)."""
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and (isinstance(v, float) or abs(v) <= _FLOAT_MAX)
 
 
 def _is_int(v: Any) -> bool:
@@ -45,6 +47,8 @@ def load_json(path: Path) -> Any:
         raise DataError(f"{path}: not valid JSON ({e.msg} at line {e.lineno}, column {e.colno})") from None
     except UnicodeDecodeError as e:
         raise DataError(f"{path}: not a UTF-8 text file ({e.reason} at byte {e.start})") from None
+    except (ValueError, RecursionError) as e:  # an integer of over 4300 digits; nesting deeper than the stack
+        raise DataError(f"{path}: not a usable JSON file ({e})") from None
 
 
 def guess_images_dir(json_path: Path, file_names: list[str]) -> Path:
@@ -110,7 +114,7 @@ def _categories(data: dict, json_path: Path, class_names: list[str] | None) -> t
 def _images(data: dict, json_path: Path, report: DataReport) -> tuple[dict[int, dict], set[int]]:
     """(image id -> image entry, ids used by more than one image): malformed entries and
     shared ids are reported and left out."""
-    id_count = Counter(im.get("id") for im in data["images"] if isinstance(im, dict))
+    id_count = Counter(im["id"] for im in data["images"] if isinstance(im, dict) and _is_int(im.get("id")))
     images: dict[int, dict] = {}
     for i, im in enumerate(data["images"]):
         if not isinstance(im, dict) or not _is_int(im.get("id")) or not isinstance(im.get("file_name"), str):
@@ -175,6 +179,11 @@ def _annotations_per_image(anns: list, bad_image_ids: set[int], c: _Catalogue) -
         where = f"annotations[{i}]" + (f" (id {a.get('id')})" if isinstance(a, dict) and "id" in a else "")
         if not isinstance(a, dict):
             report.error("malformed annotation", json_path, f"{where} is not an object")
+            continue
+        unhashable = [k for k in ("id", "image_id", "category_id") if isinstance(a.get(k), (list, dict))]
+        if unhashable:
+            why = f"{where}: {', '.join(unhashable)} must be a number, not a list or object"
+            report.error("malformed annotation", json_path, why)
             continue
         if "id" in a:
             ann_ids[a["id"]] += 1

@@ -18,7 +18,7 @@ from pathlib import Path, PurePath
 from tqdm import tqdm
 
 from .dataset import DetectionDataset
-from .images import ImageError, image_info, place_image, unique_file_names
+from .images import ImageError, image_info, is_file, place_image, unique_file_names
 from .report import DataError, DataReport
 
 OUTSIDE_ROOT = "path outside dataset root"  # the DataReport kind of an image path that leaves its folder
@@ -45,7 +45,7 @@ def file_inside(root: Path, name: str | Path) -> bool:
     """Whether ``name`` lies inside ``root`` and is a file there; a name leaving ``root`` is
     not looked at (what the readers' image-folder guesses probe with)."""
     path = inside_root(root, name)
-    return path is not None and path.is_file()
+    return path is not None and is_file(path)
 
 
 def report_outside(report: DataReport, annotation: str | Path, where: str, name: str | Path, root: Path) -> None:

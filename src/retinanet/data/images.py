@@ -78,6 +78,15 @@ _TRUNCATED = "image file is truncated"  # Pillow's OSError for data that stops e
 _STRIP_ROWS = 512  # rows copied at a time from a PIL image into numpy
 
 
+def is_file(path: str | Path) -> bool:
+    """Path.is_file that says False for a name the file system refuses (too long, ...)
+    instead of raising: a name read from an annotation is then just a missing image."""
+    try:
+        return Path(path).is_file()
+    except (OSError, ValueError):  # ENAMETOOLONG; ValueError: an embedded NUL byte
+        return False
+
+
 class ImageError(ValueError):
     """An image file that cannot be used; the message names the file and the reason."""
 
@@ -191,7 +200,7 @@ def _cannot_decode(path: Path, e: Exception) -> ImageError:
 
 
 def _open_checked(path: Path) -> Image.Image:
-    if not path.is_file():
+    if not is_file(path):
         raise MissingImageError(f"{path}: image file not found")
     try:
         return _open(path)
@@ -340,7 +349,7 @@ def image_info(path: str | Path, decode: bool = False) -> ImageInfo:
     A JPEG that ends early but is usable has ``missing_rows`` set.
     """
     path = Path(path)
-    if not path.is_file():
+    if not is_file(path):
         raise MissingImageError(f"{path}: image file not found")
     missing = None
     try:

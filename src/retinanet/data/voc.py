@@ -32,7 +32,7 @@ from tqdm import tqdm
 
 from .dataset import DetectionDataset, Record
 from .files import file_inside, header_size, inside_root, output_path, place_images, report_outside
-from .images import IMAGE_SUFFIXES
+from .images import IMAGE_SUFFIXES, is_file
 from .report import DataError, DataReport
 
 VOC_ORIGIN = 1  # VOC pixel indices start at 1
@@ -74,6 +74,9 @@ def parse_voc_xml(path: Path, report: DataReport) -> VocFile | None:
     except ET.ParseError as e:
         report.error("malformed annotation", path, f"not well-formed XML ({e})")
         return None
+    except (ValueError, LookupError) as e:  # an encoding expat cannot use (multi-byte, unknown, not text)
+        report.error("malformed annotation", path, f"cannot decode the XML ({type(e).__name__}: {e})")
+        return None
     except OSError as e:
         report.error("malformed annotation", path, f"cannot read ({e})")
         return None
@@ -84,7 +87,7 @@ def parse_voc_xml(path: Path, report: DataReport) -> VocFile | None:
     size = root.find("size")
     try:
         width, height = int(float(_text(size, "width") or 0)), int(float(_text(size, "height") or 0))
-    except ValueError:
+    except (ValueError, OverflowError):  # OverflowError: inf
         report.warning("malformed annotation", path, "<size> is not numeric; using the image's own size")
         width = height = 0
     vf = VocFile(path, filename, width, height)
@@ -106,7 +109,7 @@ def parse_voc_xml(path: Path, report: DataReport) -> VocFile | None:
             continue
         try:
             difficult = bool(int(float(_text(obj, "difficult") or 0)))
-        except ValueError:
+        except (ValueError, OverflowError):
             report.warning("malformed annotation", path, f"object {k} ({name}): <difficult> is not 0/1; taken as 0")
             difficult = False
         vf.objects.append(VocObject(name, difficult, corners))  # type: ignore[arg-type]
@@ -153,11 +156,11 @@ def guess_images_dir(ann_dir: Path, probe: list[str]) -> Path:
 def _find_image(images_dir: Path, vf: VocFile) -> Path:
     """images_dir/<filename>; failing that, a file with the same stem and an image suffix
     (tools disagree on whether <filename> carries the extension)."""
-    if vf.filename and (images_dir / vf.filename).is_file():
+    if vf.filename and is_file(images_dir / vf.filename):
         return images_dir / vf.filename
     stem = Path(vf.filename).stem if vf.filename else vf.path.stem
     for suffix in IMAGE_SUFFIXES + tuple(s.upper() for s in IMAGE_SUFFIXES):
-        if (images_dir / (stem + suffix)).is_file():
+        if is_file(images_dir / (stem + suffix)):
             return images_dir / (stem + suffix)
     return images_dir / (vf.filename or stem + ".jpg")  # missing: validation reports it
 

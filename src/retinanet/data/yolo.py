@@ -33,6 +33,9 @@ MIN_POLYGON_FIELDS = 7  # class + at least 3 points
 NORMALISED_SLACK = 0.01
 CLASS_FILES = ("classes.txt", "obj.names", "classes.names")
 DECIMALS = 6  # written coordinates: 1e-6 of the image side, far below a pixel
+# Without class names the classes are 0..largest index; a larger index is an unknown class
+# (a garbled line), not a reason to name 10^12 classes (V3Det, a very large vocabulary, has 13k).
+MAX_UNNAMED_CLASSES = 100_000
 
 
 def is_image(p: Path) -> bool:
@@ -215,7 +218,7 @@ def read_yolo(
             "no label file", sources[0], f"none of the {len(parsed)} images has a label file (looked for {parsed[0][3]})"
         )
 
-    max_class = max((c for *_, rows in parsed for c, _ in rows), default=-1)
+    max_class = max((c for *_, rows in parsed for c, _ in rows if c < MAX_UNNAMED_CLASSES), default=-1)
     if class_names is None:
         class_names = [str(i) for i in range(max_class + 1)]
         if class_names:
