@@ -21,7 +21,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from .dataset import DetectionDataset, Record
-from .files import file_inside, header_size, inside_root, output_names, output_path, place_images, report_outside
+from .files import file_inside, header_size, inside_root, output_names, output_path, place_images, report_outside, read_annotation
 from .report import DataError, DataReport
 
 COCO_PREFIX = "instances_"  # annotations/instances_<split>.json
@@ -41,8 +41,9 @@ def load_json(path: Path) -> Any:
     if not path.is_file():
         raise FileNotFoundError(f"{path}: annotation file not found")
     try:
-        with open(path, "rb") as f:
-            return json.load(f)
+        return json.loads(read_annotation(path))
+    except DataError:
+        raise
     except json.JSONDecodeError as e:
         raise DataError(f"{path}: not valid JSON ({e.msg} at line {e.lineno}, column {e.colno})") from None
     except UnicodeDecodeError as e:

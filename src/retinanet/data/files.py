@@ -24,6 +24,37 @@ from .report import DataError, DataReport
 OUTSIDE_ROOT = "path outside dataset root"  # the DataReport kind of an image path that leaves its folder
 
 
+MAX_ANNOTATION_MB_ENV = "RETINANET_MAX_ANNOTATION_MB"
+DEFAULT_MAX_ANNOTATION_MB = 2048  # COCO's train2017 json is 448 MB, LVIS's 1.1 GB
+
+
+def max_annotation_bytes() -> int:
+    """The largest annotation file read: RETINANET_MAX_ANNOTATION_MB megabytes, else 2048."""
+    value = os.environ.get(MAX_ANNOTATION_MB_ENV, "").strip()
+    try:
+        limit = float(value) if value else DEFAULT_MAX_ANNOTATION_MB
+    except ValueError:
+        raise ValueError(f"{MAX_ANNOTATION_MB_ENV}={value!r} is not a number of megabytes") from None
+    if limit <= 0:
+        raise ValueError(f"{MAX_ANNOTATION_MB_ENV} must be a positive number of megabytes, got {value!r}")
+    return int(limit * 2**20)
+
+
+def read_annotation(path: Path) -> bytes:
+    """The bytes of an annotation file (json, xml, txt, yaml), refused with a DataError
+    naming it when it is above max_annotation_bytes(): a crafted file of many gigabytes
+    would otherwise take all the memory before a line of it is checked. Never reads more
+    than the limit, even from a file that grows or lies about its size."""
+    limit = max_annotation_bytes()
+    with open(path, "rb") as f:
+        data = f.read(limit + 1)
+    if len(data) > limit:
+        raise DataError(
+            f"{path}: annotation file above the limit of {limit / 2**20:g} MB ({MAX_ANNOTATION_MB_ENV}); not read"
+        )
+    return data
+
+
 def lies_inside(path: str | Path, folder: str | Path) -> bool:
     """Whether ``path`` as written lies strictly inside ``folder`` (taken as written and
     with its symlinks resolved). ``path`` is judged lexically: nothing is opened or stat'ed."""

@@ -34,6 +34,7 @@ import yaml
 from .check import check_mode, validate
 from .coco import read_coco
 from .dataset import DetectionDataset
+from .files import read_annotation
 from .report import DataError, DataReport
 from .voc import read_voc
 from .yolo import find_class_file, read_class_file, read_yolo
@@ -243,7 +244,7 @@ def read_spec(path: str | Path) -> DatasetSpec:
     to ``root`` (``path``), which is relative to the yaml's folder."""
     path = Path(path)
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = yaml.safe_load(read_annotation(path).decode("utf-8"))
     except yaml.YAMLError as e:
         raise DataError(f"{path}: not valid YAML: {e}") from None
     if not isinstance(data, dict):

@@ -19,6 +19,7 @@ is refused (a per-file 'malformed annotation'), whatever the expat version. A
 from __future__ import annotations
 
 import csv
+import io
 import math
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
@@ -31,7 +32,7 @@ from defusedxml.ElementTree import parse as parse_xml
 from tqdm import tqdm
 
 from .dataset import DetectionDataset, Record
-from .files import file_inside, header_size, inside_root, output_path, place_images, report_outside
+from .files import file_inside, header_size, inside_root, output_path, place_images, report_outside, read_annotation
 from .images import IMAGE_SUFFIXES, is_file
 from .report import DataError, DataReport
 
@@ -66,7 +67,10 @@ def _text(node: ET.Element | None, tag: str) -> str | None:
 def parse_voc_xml(path: Path, report: DataReport) -> VocFile | None:
     """One annotation file; None (with an error in ``report``) when it cannot be used."""
     try:
-        root = parse_xml(path, forbid_dtd=True, forbid_entities=True, forbid_external=True).getroot()
+        root = parse_xml(io.BytesIO(read_annotation(path)), forbid_dtd=True, forbid_entities=True, forbid_external=True).getroot()
+    except DataError as e:
+        report.error("malformed annotation", path, str(e).removeprefix(f"{path}: "))
+        return None
     except DefusedXmlException as e:
         why = f"refused: a DTD, entity or external reference ({type(e).__name__}); annotation files need none"
         report.error("malformed annotation", path, why)

@@ -22,7 +22,7 @@ import yaml
 from tqdm import tqdm
 
 from .dataset import DetectionDataset, Record
-from .files import lies_inside, output_path, place_images, report_outside
+from .files import lies_inside, output_path, place_images, report_outside, read_annotation
 from .images import IMAGE_SUFFIXES, ImageError, image_info
 from .report import DataError, DataReport
 
@@ -51,7 +51,7 @@ def list_file_images(
     report = report if report is not None else DataReport(source=str(list_file))
     folders = [list_file.parent] + ([root] if root is not None else [])
     images = []
-    for n, line in enumerate(list_file.read_text(encoding="utf-8").splitlines(), 1):
+    for n, line in enumerate(read_annotation(list_file).decode("utf-8").splitlines(), 1):
         line = line.strip()
         if not line or line.startswith("#"):
             continue
@@ -117,9 +117,12 @@ def parse_label_file(path: Path, report: DataReport) -> list[tuple[int, list[flo
     """(class, [cx, cy, w, h]) per good line; bad lines are reported and skipped. None when
     the file as a whole is unreadable (the image is then dropped rather than taken as empty)."""
     try:
-        text = path.read_text(encoding="utf-8")
+        text = read_annotation(path).decode("utf-8")
     except UnicodeDecodeError:
         report.error("malformed annotation", path, "not a text file")
+        return None
+    except DataError as e:
+        report.error("malformed annotation", path, str(e).removeprefix(f"{path}: "))
         return None
     except OSError as e:
         report.error("malformed annotation", path, f"cannot read ({e})")
