@@ -29,12 +29,12 @@ import torch
 from common import ROOT, machine
 from peer_train import score_peer, train_peer
 from retinanet.checkpoint import model_from_checkpoint
-from retinanet.config import RunConfig, apply_overrides, preset
 from retinanet.data import load_dataset
 from retinanet.data.dataset import DetectionDataset
 from retinanet.data.splits import hold_out
 from retinanet.engine import Trainer
 from retinanet.evaluation import EvalReport, evaluate
+from retinanet.train import run_config
 
 DATASETS = ROOT.parent / "shared" / "datasets"
 AQUARIUM_NAMES = ["fish", "jellyfish", "penguin", "puffin", "shark", "starfish", "stingray"]
@@ -78,14 +78,9 @@ def _row(report: EvalReport) -> dict:
 
 def run_ours(name: str, seed: int, args: argparse.Namespace, data: tuple) -> dict:
     train, val, test = data
-    cfg = RunConfig(model=preset("default"))
-    cfg.data.source = f"bench:{name}"  # the datasets are passed in; this only names the run
-    cfg.train.seed = seed
-    cfg.train.out = str(OUT / args.tag)
-    cfg.train.name = f"{name}_seed{seed}"
-    if args.epochs:
-        cfg.train.epochs = args.epochs
-    apply_overrides(cfg, args.overrides)
+    # What `retinanet train --data X` runs (the datasets are passed in: data.source only names the run)
+    fixed = [f"data.source=bench:{name}", f"train.seed={seed}", f"train.out={OUT / args.tag}", f"train.name={name}_seed{seed}"]
+    cfg = run_config("default", None, fixed + ([f"train.epochs={args.epochs}"] if args.epochs else []) + args.overrides)
     start = time.perf_counter()
     trainer = Trainer(cfg, progress=False, train_data=train, val_data=val)
     trainer.fit()

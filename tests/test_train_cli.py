@@ -28,3 +28,18 @@ def test_unknown_key_is_one_clear_line(capsys):
     assert main(["train", "train.lrr=0.1"]) == 1
     err = capsys.readouterr().err
     assert "train.lrr" in err and "valid keys under train" in err and "lr" in err
+
+
+def test_real_data_trains_at_the_size_its_boxes_need_unless_the_user_says(tmp_path):
+    from retinanet.train import run_config
+
+    data = "data.source=some/dataset"
+    assert run_config("default", None, [data]).model.input_size == "auto"
+    assert run_config("default", None, [data, "model.input_size=416"]).model.input_size == 416
+    assert run_config("full", None, [data]).model.input_size == 640  # a preset's own size
+    demo = run_config("default", None, [])
+    assert demo.model.input_size == 320 and demo.train.epochs == 12  # the synthetic demo: fast
+    (tmp_path / "run.yaml").write_text("model:\n  input_size: 512\n")
+    assert run_config("default", str(tmp_path / "run.yaml"), [data]).model.input_size == 512
+    (tmp_path / "other.yaml").write_text("train:\n  epochs: 3\n")
+    assert run_config("default", str(tmp_path / "other.yaml"), [data]).model.input_size == "auto"
