@@ -145,7 +145,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("overrides", nargs="*", help="RunConfig overrides for our runs")
     ap.add_argument("--datasets", nargs="+", default=list(NAMES), choices=NAMES, help="give overrides before this flag")
-    ap.add_argument("--seeds", type=int, default=3, help="seeds of raccoon (default 3)")
+    ap.add_argument("--seeds", type=int, default=3, help="seeds of raccoon (default 3; the others run one, none with --seeds 0)")
     ap.add_argument("--seeds-all", action="store_true", help="run --seeds seeds on every dataset")
     ap.add_argument("--epochs", type=int, default=0, help="override the recipe's epochs (short ablations)")
     ap.add_argument("--peer", action="store_true", help="also fine-tune the torchvision peer once per dataset")
@@ -157,7 +157,7 @@ def main() -> None:
     for name in args.datasets:
         data = splits(name)
         print(f"{name}: {len(data[0])} train / {len(data[1])} val / {len(data[2])} test images", flush=True)
-        seeds = args.seeds if (name == "raccoon" or args.seeds_all) else 1
+        seeds = args.seeds if (name == "raccoon" or args.seeds_all) else min(args.seeds, 1)  # --seeds 0: the peer only
         for seed in range(seeds):
             results.append(run_ours(name, seed, args, data))
             print(json.dumps(results[-1]), flush=True)
