@@ -33,21 +33,26 @@ TRAIN = [*SMALL, "epochs=2", "batch=4", "data.workers=0", "train.warmup_epochs=0
 
 def fake_validate(self, *args, **kwargs) -> dict:
     """A validation AP that rises every epoch, so every epoch writes best.pt (a few steps
-    on 12 photos score AP 0 throughout, and an epoch that does not improve skips best.pt)."""
+    on 12 photos score AP 0 throughout, and an epoch that does not improve skips best.pt).
+    CHILD_SIGTERM_IN_VAL=E: a SIGTERM arrives while epoch E validates."""
+    if os.environ.get("CHILD_SIGTERM_IN_VAL") == str(self.epoch):
+        os.kill(os.getpid(), signal.SIGTERM)
     return {"AP": self.epoch / 10}
 
 
 CHILD = """
 import json, os, signal, sys
+import torch
 from retinanet import engine
 from retinanet.cli import main
 from test_interruptions import fake_validate
+torch.set_num_threads(2)  # as the test process: the same reductions, the same weights
 argv, at = json.loads(sys.argv[1]), int(sys.argv[2])
-if at > 0:  # SIGTERM this process after optimiser step `at`, as a scheduler would
+if at > 0:  # SIGTERM after optimiser step `at`, as a scheduler would: to this process or its whole group
     init = engine.Trainer.__init__
     def on_step(t):
         if t.step == at:
-            os.kill(os.getpid(), signal.SIGTERM)
+            os.killpg(0, signal.SIGTERM) if os.environ.get("CHILD_GROUP") else os.kill(os.getpid(), signal.SIGTERM)
     engine.Trainer.__init__ = lambda self, *a, **k: init(self, *a, **{**k, "on_step": on_step})
 if os.environ.get("CHILD_FAKE_AP"):
     engine.Trainer.validate = fake_validate
@@ -84,30 +89,24 @@ def spec(tmp_path_factory, raccoon) -> Path:
     return folder / "data.yaml"
 
 
-def _args(spec: Path, out: Path, name: str) -> list[str]:
-    return ["train", "--data", str(spec), *TRAIN, f"train.out={out}", "--name", name, "--no-progress", "--no-final"]
+def _args(spec: Path, out: Path, name: str, *extra: str) -> list[str]:
+    return ["train", "--data", str(spec), *TRAIN, *extra, f"train.out={out}", "--name", name, "--no-progress", "--no-final"]
 
 
 def _child(argv: list[str], sigterm_at: int = 0, env: dict | None = None) -> subprocess.CompletedProcess:
+    """A training process in its own process group (a group-wide SIGTERM stays inside it)."""
     return subprocess.run(
         [sys.executable, "-c", CHILD, json.dumps(argv), str(sigterm_at)],
         env={**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(HERE), os.environ.get("PYTHONPATH")])), **(env or {})},
-        capture_output=True, text=True, timeout=600,
+        capture_output=True, text=True, timeout=600, start_new_session=True,
     )
-
-
-@pytest.fixture(scope="module")
-def reference(spec, tmp_path_factory) -> Path:
-    """The uninterrupted run every interrupted one must reproduce."""
-    out = tmp_path_factory.mktemp("runs")
-    assert main(_args(spec, out, "ref")) == 0
-    return out / "ref"
 
 
 @pytest.fixture(scope="module")
 def rising_reference(spec, tmp_path_factory) -> Path:
     """The uninterrupted run with a validation AP that rises every epoch."""
     out = tmp_path_factory.mktemp("runs")
+    torch.set_num_threads(2)
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(Trainer, "validate", fake_validate)
         assert main(_args(spec, out, "ref")) == 0
@@ -118,6 +117,7 @@ def _same_weights(a: Path, b: Path) -> None:
     sa, sb = load_checkpoint(a), load_checkpoint(b)
     assert (sa["epoch"], sa["step"]) == (sb["epoch"], sb["step"])
     for part in ("model", "ema"):
+        assert list(sa[part]) == list(sb[part])
         for (name, x), y in zip(sa[part].items(), sb[part].values()):
             torch.testing.assert_close(x, y, rtol=1e-5, atol=1e-6, msg=f"{a} {part} {name}")
 
@@ -131,23 +131,39 @@ def _temps(run: Path) -> list[str]:
     return sorted(p.name for p in run.iterdir() if p.name.endswith(".tmp"))
 
 
-def test_sigterm_mid_epoch_saves_and_resumes_exactly(spec, reference, tmp_path):
+# (how the signal comes, step after which it comes, where the message says training stopped,
+#  (epoch, step, batch) saved in last.pt: batch None at an epoch's end)
+SIGTERMS = {
+    "mid-epoch": ({}, 4, "epoch 2/2, batch 1/3", (1, 4, 1)),
+    "last batch of an epoch": ({}, 3, "epoch 1/2, batch 3/3", (0, 3, 3)),
+    "to the process group, with a loader worker": ({"CHILD_GROUP": "1"}, 4, "epoch 2/2, batch 1/3", (1, 4, 1)),
+    "during validation": ({"CHILD_SIGTERM_IN_VAL": "1"}, 0, "the end of epoch 1/2", (1, 3, None)),
+}
+
+
+@pytest.mark.parametrize("case", list(SIGTERMS))
+def test_sigterm_saves_and_resumes_exactly(spec, rising_reference, tmp_path, monkeypatch, case):
+    env, step, where, saved_at = SIGTERMS[case]
     run = tmp_path / "cut"
-    done = _child(_args(spec, tmp_path, "cut"), sigterm_at=4)  # step 4 = epoch 2, batch 1 of 3
+    argv = _args(spec, tmp_path, "cut", *(["data.workers=1"] if "CHILD_GROUP" in env else []))
+    done = _child(argv, sigterm_at=step, env={"CHILD_FAKE_AP": "1", **env})
     assert done.returncode == 128 + signal.SIGTERM, done.stderr
-    message = done.stderr.strip().splitlines()[-1]
-    assert "SIGTERM" in message and "epoch 2/2, batch 1/3" in message
+    message = next(line for line in done.stderr.splitlines() if "SIGTERM" in line)
+    assert f"training stopped at {where}" in message
     assert f"retinanet train --resume {run}" in message and str(run / "last.pt") in message
     saved = load_checkpoint(run / "last.pt")
-    assert (saved["epoch"], saved["step"], saved["position"]["batch"]) == (1, 4, 1)
+    position = saved["position"]["batch"] if saved["position"] else None
+    assert (saved["epoch"], saved["step"], position) == saved_at
 
+    monkeypatch.setattr(Trainer, "validate", fake_validate)
     assert main(["train", "--resume", str(run), "--no-progress", "--no-final"]) == 0
-    _same_weights(run / "last.pt", reference / "last.pt")
-    _same_weights(run / "best.pt", reference / "best.pt")
+    _same_weights(run / "last.pt", rising_reference / "last.pt")
+    _same_weights(run / "best.pt", rising_reference / "best.pt")
     assert _epochs(run) == [1, 2]
-    with open(run / "results.csv") as f, open(reference / "results.csv") as g:  # the cut epoch's mean loss too
+    with open(run / "results.csv") as f, open(rising_reference / "results.csv") as g:  # the cut epoch's mean loss too
         cut, ref = list(csv.DictReader(f)), list(csv.DictReader(g))
-    assert float(cut[1]["train_loss"]) == pytest.approx(float(ref[1]["train_loss"]), rel=1e-4)
+    for a, b in zip(cut, ref):
+        assert float(a["train_loss"]) == pytest.approx(float(b["train_loss"]), rel=1e-4)
 
 
 @pytest.mark.parametrize("point", CRASH_POINTS)
@@ -209,3 +225,25 @@ def test_disk_full_during_training_is_one_line_naming_the_checkpoint(spec, tmp_p
     assert "Traceback" not in done.stderr
     assert lines[-1].startswith("retinanet train: error: ") and "best.pt: cannot write (File too large)" in lines[-1]
     assert _temps(tmp_path / "full") == []
+
+
+def test_stale_temps_are_removed_and_nothing_else(tmp_path):
+    from retinanet.run_folder import RunFolder
+
+    names = ["last.pt.k2j4h7a_.tmp", "best.pt.abcdefgh.tmp", "results.csv.0a1b2c3d.tmp", "notes.draft_v2.tmp", "last.pt.tmp", "data.abcdefgh.tmp"]
+    for name in names:
+        (tmp_path / name).write_text("x")
+    removed = sorted(p.name for p in RunFolder(tmp_path).open())
+    assert removed == sorted(names[:3])
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(names[3:])
+
+
+def test_atomic_files_get_the_mode_open_would_give(tmp_path):
+    from retinanet.atomic import write_atomic
+
+    old = os.umask(0o027)
+    try:
+        path = write_atomic(tmp_path / "results.csv", b"epoch\n")
+    finally:
+        os.umask(old)
+    assert path.stat().st_mode & 0o777 == 0o640

@@ -19,7 +19,11 @@ from typing import Callable
 
 TEMP_SUFFIX = ".tmp"
 # <target name>.<mkstemp's 8 random characters>.tmp
-_TEMP_NAME = re.compile(r"^.+\.[A-Za-z0-9_]{8}\.tmp$")
+_TEMP_TAIL = re.compile(r"^\.[A-Za-z0-9_]{8}\.tmp$")
+
+
+def _is_temp_of(name: str, targets: tuple[str, ...]) -> bool:
+    return any(name.startswith(t) and _TEMP_TAIL.match(name[len(t):]) for t in targets)
 
 
 def fsync_dir(folder: Path) -> None:
@@ -39,17 +43,30 @@ def fsync_dir(folder: Path) -> None:
 def write_error(path: str | Path, e: OSError) -> OSError:
     """``e`` as an OSError that names ``path`` and the cause in one line."""
     cause = e.strerror or str(e) or errnos.errorcode.get(e.errno or 0, "write failed")
-    out = OSError(e.errno, f"cannot write ({cause})", str(path))
-    return out
+    return OSError(e.errno, f"cannot write ({cause})", str(path))
+
+
+def _umask() -> int:
+    """The process's umask, read without changing it where Linux says it (else the usual 022)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
+    return 0o022
 
 
 def write_atomic(path: str | Path, data: bytes | memoryview, on_written: Callable[[], None] | None = None) -> Path:
     """Replace ``path`` by ``data`` atomically. ``on_written`` runs after the temporary
     file is complete and before the rename (the fault-injection point of tests)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=TEMP_SUFFIX, dir=path.parent)
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=TEMP_SUFFIX, dir=path.parent)
+        os.chmod(tmp, 0o666 & ~_umask())  # as open() would create it; mkstemp gives 0600
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
@@ -58,21 +75,24 @@ def write_atomic(path: str | Path, data: bytes | memoryview, on_written: Callabl
             on_written()
         os.replace(tmp, path)
     except OSError as e:
-        Path(tmp).unlink(missing_ok=True)
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
         raise write_error(path, e) from e
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
         raise
     fsync_dir(path.parent)
     return path
 
 
-def remove_stale_temps(folder: str | Path) -> list[Path]:
-    """Delete the temporary files an interrupted ``write_atomic`` left in ``folder``."""
+def remove_stale_temps(folder: str | Path, names: tuple[str, ...]) -> list[Path]:
+    """Delete the temporary files an interrupted ``write_atomic`` of one of ``names`` left in
+    ``folder`` (<name>.<8 random characters>.tmp); nothing else is touched."""
     folder = Path(folder)
     if not folder.is_dir():
         return []
-    stale = [p for p in folder.iterdir() if p.is_file() and _TEMP_NAME.match(p.name)]
+    stale = [p for p in folder.iterdir() if p.is_file() and _is_temp_of(p.name, names)]
     for p in stale:
         p.unlink(missing_ok=True)
     return stale

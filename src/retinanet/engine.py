@@ -244,7 +244,7 @@ class Trainer:
             cfg.data.val_split = saved_val_split(cfg.data)
         trainer = cls(cfg, run_dir=ckpt.parent, load_backbone_weights=False, refit=False, **kwargs)
         trainer.load_state(state)
-        if trainer.dist.is_main:  # a kill after last.pt and before results.csv left the CSV a row short
+        if trainer.dist.is_main and ckpt.name == "last.pt":  # a kill after last.pt and before results.csv left the CSV a row short
             trainer.folder.write_results(trainer.history)
         return trainer
 
@@ -340,47 +340,54 @@ class Trainer:
     def _take_position(self) -> dict[str, Any]:
         """Where this epoch starts: where an interrupted run stopped, else its beginning."""
         pos = self.position or dict(batch=0, sums=dict.fromkeys(LOSS_KEYS, 0.0), seen=0, skipped=0, elapsed=0.0)
+        if not self.dist.is_main:  # the saved sums are all processes' together: rank 0 carries them
+            pos = {**pos, "sums": dict.fromkeys(LOSS_KEYS, 0.0), "seen": 0, "skipped": 0}
         self.position = None
         return pos
 
     def _stop_requested(self) -> bool:
         """A signal arrived (in any process: they must all stop at the same step)."""
-        flag = float(self._stop is not None and self._stop.signum is not None)
+        flag = torch.tensor(float(self._stop is not None and self._stop.signum is not None))
         if self.dist.enabled:
-            t = torch.tensor(flag)
-            dist.all_reduce(t, op=dist.ReduceOp.MAX)
-            flag = t.item()
-        return flag > 0
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return flag.item() > 0
 
-    def _interrupt(self, position: dict[str, Any]) -> None:
-        """Save a resumable mid-epoch checkpoint and raise TrainingInterrupted."""
+    def _interrupt(self, position: dict[str, Any] | None) -> None:
+        """Raise TrainingInterrupted; mid-epoch (``position``) save a resumable checkpoint
+        first, at an epoch's end last.pt is already the resume point."""
         signum = self._stop.signum if self._stop is not None and self._stop.signum is not None else signal.SIGTERM
-        where = f"epoch {self.epoch + 1}/{self.cfg.train.epochs}, batch {position['batch']}/{self.steps_per_epoch}"
-        saved = ""
-        if self.dist.is_main:
-            self.position = position
-            saved = f"; saved {self.folder.save_interrupted(self.state({}))}"
+        where = f"the end of epoch {self.epoch}/{self.cfg.train.epochs}"
+        if position is not None:
+            where = f"epoch {self.epoch + 1}/{self.cfg.train.epochs}, batch {position['batch']}/{self.steps_per_epoch}"
+            position["sums"], position["seen"] = self._global_sums(position["sums"], position["seen"])
+            if self.dist.is_main:
+                self.position = position
+                self.folder.save_interrupted(self.state({}))
         self._barrier()
         raise TrainingInterrupted(
-            f"{signal.Signals(signum).name}: training stopped at {where}{saved}; "
+            f"{signal.Signals(signum).name}: training stopped at {where}; saved {self.folder.last}; "
             f"continue with: retinanet train --resume {self.run_dir}",
             signum,
         )
 
     def _epoch_stats(self, sums: dict[str, float], seen: int, skipped: int, elapsed: float) -> dict[str, float]:
-        """The epoch's row: mean losses per image (averaged over processes), lr, skipped steps, speed."""
+        """The epoch's row: mean losses per image (over every process's images), lr, skipped steps, speed."""
+        sums, seen = self._global_sums(sums, seen)
         means = {f"train_{k}": v / max(seen, 1) for k, v in sums.items()}
-        if self.dist.enabled:  # average over processes for the log
-            vec = torch.tensor([means[k] for k in means] + [float(seen)])
-            dist.all_reduce(vec)
-            means = {k: float(v) / self.dist.world_size for k, v in zip(means, vec[:-1])}
-            seen = int(vec[-1])
         return {
             **means,
             "lr": self.optimizer.param_groups[0]["lr"],
             "skipped_steps": float(skipped),
             "images_per_second": seen / max(elapsed, 1e-9),
         }
+
+    def _global_sums(self, sums: dict[str, float], seen: int) -> tuple[dict[str, float], int]:
+        """Loss sums and image counts added over the processes (each process's own when alone)."""
+        if not self.dist.enabled:
+            return sums, seen
+        vec = torch.tensor([*sums.values(), float(seen)], dtype=torch.float64)
+        dist.all_reduce(vec)
+        return dict(zip(sums, vec[:-1].tolist())), int(vec[-1])
 
     def validate(self, out_dir: Path | None = None, plots: bool = False) -> dict[str, float]:
         if self.val_data is None or not self.dist.is_main:
@@ -427,6 +434,8 @@ class Trainer:
                     last_metrics = metrics or last_metrics
                     self._end_epoch(stats, metrics)
                 self._barrier()
+                if self._stop_requested():  # it came during validation or the save: stop before another step
+                    self._interrupt(None)
         self._stop = None
         best = {}
         if self.dist.is_main and (self.run_dir / "best.pt").exists():

@@ -78,11 +78,13 @@ class RunFolder:
     def open(self) -> list[Path]:
         """Create the folder; remove temporary files a killed write left. Returns those."""
         self.path.mkdir(parents=True, exist_ok=True)
-        return remove_stale_temps(self.path)
+        return remove_stale_temps(self.path, (self.last.name, self.best.name, self.results.name))
 
-    def write_results(self, history: Sequence[dict[str, float]], epoch: int = -1) -> None:
+    def write_results(self, history: Sequence[dict[str, float]], epoch: int | None = None) -> None:
+        """results.csv from ``history``; ``epoch``: the end of that epoch (a crash point)."""
         if history:
-            write_results_csv(history, self.results, results_columns(history), lambda: crash_point("inside_results", epoch))
+            hook = None if epoch is None else (lambda: crash_point("inside_results", epoch))
+            write_results_csv(history, self.results, results_columns(history), hook)
 
     def commit_epoch(self, state: dict[str, Any], best: bool) -> None:
         """Write the end of epoch ``state["epoch"]`` in the order of the module doc."""

@@ -42,12 +42,17 @@ class StopSignals:
     def __enter__(self) -> StopSignals:
         if threading.current_thread() is threading.main_thread():
             for s in HANDLED:
-                self._previous[s] = signal.signal(s, self._handle)
+                previous = signal.getsignal(s)
+                if previous is signal.SIG_IGN:  # a job told to ignore it (nohup, a background job) keeps ignoring it
+                    continue
+                signal.signal(s, self._handle)
+                self._previous[s] = previous
         return self
 
     def __exit__(self, kind: type[BaseException] | None, value: BaseException | None, tb: TracebackType | None) -> None:
         for s, handler in self._previous.items():
-            signal.signal(s, handler)  # type: ignore[arg-type]
+            # None: a handler installed from C, which Python cannot reinstall; the default is the closest
+            signal.signal(s, signal.SIG_DFL if handler is None else handler)  # type: ignore[arg-type]
         self._previous.clear()
 
     @property

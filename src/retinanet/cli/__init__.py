@@ -59,7 +59,8 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except (ValueError, FileNotFoundError, RuntimeError) as e:
         # Errors meant for the user (bad config, missing file, corrupt data): one clear line.
-        print(f"retinanet {args.command}: error: {e}", file=sys.stderr)
+        text = describe_os_error(e) if isinstance(e, OSError) else str(e)
+        print(f"retinanet {args.command}: error: {text}", file=sys.stderr)
         return 1
     except OSError as e:  # disk full, no permission, ...: the path and the cause
         print(f"retinanet {args.command}: error: {describe_os_error(e)}", file=sys.stderr)

@@ -17,6 +17,7 @@ DistributedSampler's (seed, epoch) permutation, with one replica when not distri
 from __future__ import annotations
 
 import random
+import signal
 from collections.abc import Iterator
 from dataclasses import dataclass, fields
 from typing import Any
@@ -230,6 +231,11 @@ def _init_worker(worker_id: int) -> None:
     # One intra-op thread per worker: workers already run in parallel, and more threads
     # on a small machine only fight the training process for cores.
     torch.set_num_threads(1)
+    # A stop signal is the training process's to handle (it saves, then ends its workers);
+    # one sent to the whole process group (systemd, Slurm, timeout) must not kill a worker
+    # first, or the loader fails before anything is saved. Workers still end with their parent.
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     worker_seed = torch.initial_seed() % 2**32  # distinct per worker, derived from the loader's generator
     np.random.seed(worker_seed)
     random.seed(worker_seed)
