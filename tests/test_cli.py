@@ -42,7 +42,7 @@ def _json(out: Path) -> dict:
 def test_predict_folder_writes_images_json_and_yolo(exported, folder, tmp_path, capsys):
     ckpt, _ = exported
     out = tmp_path / "out"
-    assert main(["predict", str(folder), "--model", str(ckpt), "--output", str(out), "--conf", "0.03", "--save-txt", "--batch", "3"]) == 0
+    assert main(["predict", str(folder), "--model", str(ckpt), "--out", str(out), "--conf", "0.03", "--save-txt", "--batch", "3"]) == 0
     data = _json(out)
     assert len(data["images"]) == 4
     assert sorted(Path(i["file_name"]).name for i in data["images"]) == sorted(COCO + ["raccoon-1.jpg"])
@@ -72,10 +72,10 @@ def test_predict_folder_writes_images_json_and_yolo(exported, folder, tmp_path, 
 def test_predict_filters_and_glob(exported, folder, tmp_path):
     ckpt, _ = exported
     base = ["predict", str(folder / "*.jpg"), "--model", str(ckpt), "--no-save"]
-    assert main(base + ["--output", str(tmp_path / "all"), "--conf", "0.03"]) == 0
-    assert main(base + ["--output", str(tmp_path / "strict"), "--conf", "0.1"]) == 0
-    assert main(base + ["--output", str(tmp_path / "cls"), "--conf", "0.03", "--classes", "bird"]) == 0
-    assert main(base + ["--output", str(tmp_path / "few"), "--conf", "0.03", "--max-det", "2", "--save-txt", "--save-conf"]) == 0
+    assert main(base + ["--out", str(tmp_path / "all"), "--conf", "0.03"]) == 0
+    assert main(base + ["--out", str(tmp_path / "strict"), "--conf", "0.1"]) == 0
+    assert main(base + ["--out", str(tmp_path / "cls"), "--conf", "0.03", "--classes", "bird"]) == 0
+    assert main(base + ["--out", str(tmp_path / "few"), "--conf", "0.03", "--max-det", "2", "--save-txt", "--save-conf"]) == 0
     every, strict, cls, few = (_json(tmp_path / d)["annotations"] for d in ("all", "strict", "cls", "few"))
     assert not list((tmp_path / "all").glob("*.jpg"))  # --no-save
     np.testing.assert_allclose(sorted(a["score"] for a in strict), sorted(a["score"] for a in every if a["score"] > 0.1), atol=1e-6)
@@ -92,7 +92,9 @@ def test_predict_filters_and_glob(exported, folder, tmp_path):
 def test_onnx_model_gives_the_same_json(exported, folder, tmp_path):
     ckpt, onnx_path = exported
     for model, name in ((ckpt, "pt"), (onnx_path, "onnx")):
-        assert main(["predict", str(folder), "--model", str(model), "--output", str(tmp_path / name), "--no-save"]) == 0
+        # An untrained model stores no threshold and scores under predict's 0.25 fallback.
+        args = ["predict", str(folder), "--model", str(model), "--out", str(tmp_path / name), "--no-save", "--conf", "0.05"]
+        assert main(args) == 0
     a, b = _json(tmp_path / "pt")["annotations"], _json(tmp_path / "onnx")["annotations"]
     assert len(a) == len(b) > 0
     key = lambda d: (d["image_id"], -d["score"])
@@ -111,7 +113,7 @@ def test_predict_video(exported, coco128, tmp_path):
         writer.write(np.roll(frame, 20 * k, axis=1))  # the scene pans: detections move
     writer.release()
     out = tmp_path / "out"
-    assert main(["predict", str(video), "--model", str(onnx_path), "--output", str(out), "--batch", "2", "--conf", "0.03"]) == 0
+    assert main(["predict", str(video), "--model", str(onnx_path), "--out", str(out), "--batch", "2", "--conf", "0.03"]) == 0
     data = _json(out)
     assert [i["frame"] for i in data["images"]] == [0, 1, 2, 3, 4]
     assert all(i["width"] == w and i["height"] == h for i in data["images"])
@@ -120,14 +122,14 @@ def test_predict_video(exported, coco128, tmp_path):
     assert int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) == 5
     assert (int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)), int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT))) == (w, h)
     cap.release()
-    assert main(["predict", str(video), "--model", str(onnx_path), "--output", str(tmp_path / "o2"), "--max-frames", "2", "--no-save"]) == 0
+    assert main(["predict", str(video), "--model", str(onnx_path), "--out", str(tmp_path / "o2"), "--max-frames", "2", "--no-save"]) == 0
     assert len(_json(tmp_path / "o2")["images"]) == 2
 
 
 def test_unreadable_image_is_skipped_with_a_note(exported, folder, tmp_path, capsys):
     ckpt, _ = exported
     (folder / "broken.jpg").write_bytes(b"\xff\xd8 truncated")
-    assert main(["predict", str(folder), "--model", str(ckpt), "--output", str(tmp_path / "o"), "--no-save"]) == 0
+    assert main(["predict", str(folder), "--model", str(ckpt), "--out", str(tmp_path / "o"), "--no-save"]) == 0
     captured = capsys.readouterr()
     assert "broken.jpg: cannot decode image" in captured.err
     assert "4 images" in captured.out and "1 unreadable images skipped" in captured.out
@@ -162,7 +164,7 @@ def test_benchmark_timing_protocol():
 
 
 def test_benchmark_command_small(capsys):
-    args = ["benchmark", "--no-peer", "--runtimes", "eager", "torchscript", "--sizes", "64", "96", "--repeats", "1", "--classes", "3"]
+    args = ["benchmark", "--no-peer", "--runtimes", "eager", "torchscript", "--imgsz", "64", "96", "--repeats", "1", "--num-classes", "3"]
     assert main(args) == 0
     out = capsys.readouterr().out
     rows = [line for line in out.splitlines() if line.startswith(("| eager", "| torchscript"))]

@@ -524,7 +524,7 @@ def test_eval_command(raccoon, tiny_model, tmp_path, capsys):
     )
     out = tmp_path / "eval"
     args = ["eval", "--model", str(ckpt), "--data", str(raccoon), "--split", "test", "--out", str(out),
-            "--max-images", "4", "--batch-size", "2", "--no-plots"]
+            "--max-images", "4", "--batch", "2", "--no-plots"]
     assert main(args) == 0
     printed = capsys.readouterr().out
     saved = json.loads((out / "metrics.json").read_text())

@@ -90,7 +90,7 @@ def _build_files(root: Path) -> tuple[Path, Path]:
         model = build_test_model()
         state = {"model": model.state_dict(), "config": {"model": to_dict(model.cfg)}}
         save_checkpoint({**state, "class_names": CLASS_NAMES, "category_ids": CATEGORY_IDS}, ckpt)
-        assert main(["export", str(ckpt), "--output", str(onnx_path)]) == 0
+        assert main(["export", str(ckpt), "--out", str(onnx_path)]) == 0
     return ckpt, onnx_path
 
 
@@ -337,7 +337,7 @@ def test_square_export_runs_the_full_square(exported, coco128, tmp_path):
     """--square: one fixed input shape, the same detections as eager with rect off."""
     ckpt, rect_path = exported
     square_path = tmp_path / "square.onnx"
-    assert main(["export", str(ckpt), "--square", "--output", str(square_path)]) == 0
+    assert main(["export", str(ckpt), "--square", "--out", str(square_path)]) == 0
     assert read_metadata(square_path)["rect"] == "false" and read_metadata(rect_path)["rect"] == "true"
     model = model_from_checkpoint(ckpt)
     model.cfg.rect = False
@@ -431,6 +431,6 @@ def test_a_stamped_model_missing_a_key_or_the_signature_is_one_clear_line(export
     with pytest.raises(RuntimeError, match=r"foreign.onnx: the graph lacks .*input 'score_threshold'.*output 'boxes'"):
         Detector(foreign)
     Image.new("RGB", (64, 48)).save(tmp_path / "x.jpg")
-    assert main(["predict", str(tmp_path / "x.jpg"), "--model", str(foreign), "--output", str(tmp_path / "out")]) == 1
+    assert main(["predict", str(tmp_path / "x.jpg"), "--model", str(foreign), "--out", str(tmp_path / "out")]) == 1
     err = capsys.readouterr().err
     assert "foreign.onnx: the graph lacks" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1

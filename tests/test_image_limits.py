@@ -71,7 +71,7 @@ def test_predict_skips_a_bomb_says_so_and_stays_small(bomb, tmp_path):
     code = (
         "import re, sys\n"
         "from retinanet.cli import main\n"
-        "rc = main(['predict', sys.argv[1], '--output', sys.argv[2], '--preset', 'default'])\n"
+        "rc = main(['predict', sys.argv[1], '--out', sys.argv[2], '--preset', 'default'])\n"
         # VmHWM is this process's own peak: getrusage's ru_maxrss would carry over the
         # parent's (the whole test run's) across fork and exec.
         "hwm = re.search(r'VmHWM:\\s+(\\d+) kB', open('/proc/self/status').read()).group(1)\n"
@@ -95,7 +95,7 @@ PEAK_CODE = (
     # VmHWM is this process's own peak (see the bomb test); printed after each run, so the
     # first run (a small photo) gives the cost of torch, the model and the command alone.
     "for src, out, *extra in (a.split('|') for a in sys.argv[1:]):\n"
-    "    assert main(['predict', src, '--output', out, '--preset', 'default', *extra]) == 0, src\n"
+    "    assert main(['predict', src, '--out', out, '--preset', 'default', *extra]) == 0, src\n"
     "    print('peak_mb', src, int(re.search(r'VmHWM:\\s+(\\d+) kB', open('/proc/self/status').read()).group(1)) // 1024)\n"
 )
 

@@ -128,9 +128,11 @@ def test_torch_backend_accepts_a_built_model(image):
     model = build_test_model()
     det = Detector(model)
     assert det.backend_name == "torch" and det.class_names == CLASS_NAMES and det.input_size == 128
-    assert det.conf == model.cfg.postprocess.score_thresh == 0.05  # the model's own defaults
+    # A built model stores no tuned threshold: predict's fallback 0.25, not the model's 0.05
+    assert det.conf == 0.25 and model.cfg.postprocess.score_thresh == 0.05
     ref = model.predict(read_image(image))[0]
-    np.testing.assert_allclose(det.predict(image).boxes, ref.boxes.numpy(), atol=1e-4)
+    np.testing.assert_allclose(det.predict(image, conf=0.05).boxes, ref.boxes.numpy(), atol=1e-4)
+    assert (det.predict(image).scores > 0.25).all()
     assert len(det.predict(image, conf=0.03)) > len(ref)
     assert model.cfg.postprocess.score_thresh == 0.05  # a per-call threshold leaves the model alone
 
@@ -177,3 +179,58 @@ def test_expand_images_sorted_and_filtered(tmp_path):
         (tmp_path / name).write_bytes(b"x")
     assert [p.name for p in expand_images(tmp_path)] == ["a.png", "b.jpg", "c.JPEG"]
     assert [p.name for p in expand_images(str(tmp_path / "*.jpg"))] == ["b.jpg"]
+
+
+def _with_stored_conf(exported, folder, value):
+    """Copies of the test checkpoint and export that store ``value`` as their score threshold."""
+    import onnx
+
+    from retinanet.checkpoint import save_checkpoint
+    from retinanet.export import set_metadata
+
+    ckpt, onnx_path = exported
+    folder.mkdir(exist_ok=True)
+    state = torch.load(ckpt, map_location="cpu", weights_only=True)
+    stored_ckpt = save_checkpoint({**state, "conf_threshold": value}, folder / "stored.pt")
+    graph = onnx.load(str(onnx_path))
+    set_metadata(graph, {"conf_threshold": str(value)})
+    onnx.save(graph, str(folder / "stored.onnx"))
+    return stored_ckpt, folder / "stored.onnx"
+
+
+def test_default_conf_is_the_models_stored_threshold(exported, image, tmp_path):
+    from retinanet.checkpoint import model_from_checkpoint
+    from retinanet.config import EvalConfig
+
+    stored = _with_stored_conf(exported, tmp_path / "good", 0.07)
+    assert Detector(stored[0]).conf == pytest.approx(0.07)
+    det = Detector(stored[1])
+    assert det.conf == pytest.approx(0.07)
+    r = det.predict(image)
+    assert len(r) > 0 and (r.scores > 0.07).all()
+    assert len(r) < len(det.predict(image, conf=0.03))
+    assert Detector(stored[1], conf=0.03).conf == 0.03  # an explicit threshold wins
+    for path in exported:  # a model that stores none: predict's fallback, 0.25
+        assert Detector(path).conf == 0.25
+    for path in _with_stored_conf(exported, tmp_path / "bad", 1.5):  # an unusable stored value is ignored
+        assert Detector(path).conf == 0.25
+    model = build_test_model()
+    model.conf_threshold = 0.07  # what a model loaded from such a checkpoint carries
+    assert Detector(model).conf == pytest.approx(0.07)
+    # Evaluation keeps the model's own 0.05: the stored threshold is for predictions only.
+    assert EvalConfig().conf is None and model_from_checkpoint(stored[0]).cfg.postprocess.score_thresh == 0.05
+
+
+def test_predict_command_conf_overrides_the_stored_one(exported, image, tmp_path):
+    import json
+
+    from retinanet.cli import main
+
+    _, stored_onnx = _with_stored_conf(exported, tmp_path / "models", 0.07)
+    scores = {}
+    for extra in ([], ["--conf", "0.03"]):
+        out = tmp_path / f"out{len(extra)}"
+        assert main(["predict", str(image), "--model", str(stored_onnx), "--out", str(out), "--no-save", *extra]) == 0
+        scores[len(extra)] = [a["score"] for a in json.loads((out / "detections.json").read_text())["annotations"]]
+    assert scores[0] and min(scores[0]) > 0.07
+    assert len(scores[2]) > len(scores[0]) and min(scores[2]) < 0.07

@@ -359,7 +359,7 @@ def test_mobilenet_v1_half_width_pretrains_from_the_cli(crops, tmp_path, capsys)
     data_dir, _ = crops
     out = tmp_path / "v1"
     argv = ["pretrain", str(data_dir), "--backbone", "mobilenet_v1", "--width", "0.5", "--weights", "none",
-            "--epochs", "1", "--img-size", "64", "--batch-size", "8", "--workers", "0", "--out", str(out)]  # fmt: skip
+            "--epochs", "1", "--imgsz", "64", "--batch", "8", "--workers", "0", "--out", str(out)]  # fmt: skip
     assert main(argv) == 0
     state = load_pretrain_checkpoint(out / "best.pth")
     assert (state["backbone"], state["width"], state["epoch"]) == ("mobilenet_v1", 0.5, 1)

@@ -119,6 +119,32 @@ def test_window_beyond_the_image_pads_black():
     torch.testing.assert_close(target["boxes"].as_subclass(torch.Tensor), torch.tensor([[0.0, 0, 80, 50]]))
 
 
+def test_crop_trains_on_windows_at_the_input_size_scale():
+    # augment.crop=64 with input 128: the 256 px image is halved (input scale) and a 64 px
+    # window is cut from it; the red box keeps the input scale (80 -> 40 px) and frames its pixels.
+    box = [100.0, 100.0, 180.0, 180.0]
+    img = rect_image(256, 256, [box], [RED])
+    t = DetectionTransforms(128, train=True, cfg=AugmentConfig(**NO_AUG, crop=64))
+    seen = 0
+    for seed in range(12):
+        out, boxes, labels, scale = run(t, img, [box], [0], seed=seed)
+        assert out.shape == (3, 64, 64) and scale == 0.5
+        red = mask_box(colour_mask(out, RED))
+        if red is None:
+            assert len(boxes) == 0
+            continue
+        seen += 1
+        torch.testing.assert_close(boxes[0], red)
+        assert (boxes[0, 2:] - boxes[0, :2]).max() <= 40.0
+    assert seen > 0
+    # Evaluation ignores crop and the mosaic canvas follows it.
+    assert DetectionTransforms(128, train=False, cfg=AugmentConfig(crop=64)).place.size == 128
+    with pytest.raises(ValueError, match="must not exceed the input size"):
+        DetectionTransforms(128, train=True, cfg=AugmentConfig(crop=192))
+    with pytest.raises(ValueError, match="multiple of 32"):
+        DetectionTransforms(128, train=True, cfg=AugmentConfig(crop=50))
+
+
 def test_tiny_boxes_are_dropped_below_min_box_size():
     img = rect_image(200, 200, [], [])
     boxes = [[10, 10, 13, 40], [50, 50, 90, 90]]  # the first is 3 px wide -> 1.5 px at scale 0.5
@@ -204,12 +230,15 @@ def _write_dataset(tmp_path, n=4):
     return DetectionDataset(records, ["red", "green", "blue", "yellow"])
 
 
-def test_mosaic_in_the_dataset_keeps_every_box_on_its_colour(tmp_path):
+@pytest.mark.parametrize("crop", [0, 96])
+def test_mosaic_in_the_dataset_keeps_every_box_on_its_colour(tmp_path, crop):
     colours = [RED, GREEN, BLUE, YELLOW]
-    ds = AugmentedDataset(_write_dataset(tmp_path), 128, True, AugmentConfig(mosaic=1.0, color_jitter=0.0), seed=3)
+    aug = AugmentConfig(mosaic=1.0, color_jitter=0.0, crop=crop)
+    ds = AugmentedDataset(_write_dataset(tmp_path), 128, True, aug, seed=3)
+    side = crop or 128  # a mosaic fills the training canvas: the crop window when set
     for i in range(4):
         image, target = ds[i]
-        assert image.shape == (3, 128, 128) and target["image_id"] == 100 + i
+        assert image.shape == (3, side, side) and target["image_id"] == 100 + i
         for k, colour in enumerate(colours):
             mask = colour_mask(image, colour)
             boxes = target["boxes"][target["labels"] == k]

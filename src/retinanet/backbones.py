@@ -286,8 +286,8 @@ def read_weights_file(path: str | Path) -> tuple[dict[str, Tensor], list[str] | 
     `retinanet pretrain` output ('classifier_state', 'class_names'; None otherwise).
     torchvision's format (a state dict, or a dict holding one under 'model') and a bare
     features state dict (keys "0.0.weight", ...) are read too, the latter given the
-    "features." prefix. A detector checkpoint is not a backbone file: use it with
-    --resume or predict."""
+    "features." prefix. A detector checkpoint is not a backbone file: a run starts from
+    one with train.weights."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: backbone weights file not found")
@@ -296,7 +296,7 @@ def read_weights_file(path: str | Path) -> tuple[dict[str, Tensor], list[str] | 
     except Exception as e:
         raise RuntimeError(f"{path}: not a readable PyTorch weights file: {e}") from e
     if isinstance(obj, dict) and str(obj.get("format", "")).startswith("retinanet-mobilenet/"):
-        raise RuntimeError(f"{path}: is a detector checkpoint, not backbone weights (use --resume, eval or predict)")
+        raise RuntimeError(f"{path}: is a detector checkpoint, not backbone weights: start a run from it with train.weights (--weights)")
     class_names = None
     if isinstance(obj, dict) and "classifier_state" in obj:  # `retinanet pretrain` output
         obj, class_names = obj["classifier_state"], obj.get("class_names")

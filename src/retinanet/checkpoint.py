@@ -4,15 +4,21 @@ Two kinds, each stamped with its format: the detector's (``retinanet train``, FO
 the backbone classifier's (``retinanet pretrain``, PRETRAIN_FORMAT; its keys are listed in
 retinanet/pretrain/__init__.py).
 
-Detector keys: format, model (state dict), ema (state dict or absent), config (nested dict of the
-run's resolved config, with 'model' the ModelConfig), class_names, category_ids (the
-dataset's own id of each contiguous label), epoch, step, optimizer, scheduler, rng,
-metrics. Inference prefers the EMA weights when they are present.
+A detector's last.pt (the resume point) holds: format, model (state dict), ema (state dict
+or None), ema_updates, optimizer, scheduler, scaler, epoch, step, best_fitness, best_epoch,
+history, rng, position, config (nested dict of the run's resolved config, with 'model' the
+ModelConfig), class_names, category_ids (the dataset's own id of each contiguous label) and
+metrics. Its best.pt holds only what inference needs: format, model (the EMA weights when
+the run kept an EMA), config (the anchors are in config['model']), class_names,
+category_ids, conf_threshold (the score with the best F1 on the validation split, when
+there was one), and for the record epoch, step and metrics. Inference prefers the EMA
+weights of a checkpoint that has them.
 """
 
 from __future__ import annotations
 
 import io
+import warnings
 from pathlib import Path
 from typing import Any, Callable
 
@@ -46,12 +52,26 @@ def read_stamped(path: str | Path, fmt: str, key: str, what: str, map_location: 
     if not path.is_file():
         raise FileNotFoundError(f"{path}: {what} not found")
     try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
+        with warnings.catch_warnings():  # torch's note on an old pickle protocol: the error below says it all
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:
-        raise RuntimeError(f"{path}: not a readable checkpoint: {e}") from e
+        raise RuntimeError(f"{path}: not a readable checkpoint: {_one_line(e)}") from e
     if not isinstance(state, dict) or state.get("format") != fmt or key not in state:
         raise RuntimeError(f"{path}: not a {fmt} {what}")
     return state
+
+
+def _one_line(e: Exception) -> str:
+    """torch.load's error in one line. Its refusal of a pickle that would run code spans a
+    paragraph and suggests weights_only=False: keep only what the file tried to load."""
+    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+    if lines and lines[0].startswith("Weights only load failed"):
+        what = next((line.rstrip(".") for line in lines[1:] if "nsupported" in line), "")
+        return "it holds Python objects that are not weights, refused unread" + (f" ({what})" if what else "")
+    if isinstance(e, (EOFError, KeyError, IndexError)) or not lines:  # the unpickler ran off the data
+        return "not a PyTorch file, or cut short"
+    return lines[0].split(". ")[0]
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
@@ -68,7 +88,8 @@ def load_pretrain_checkpoint(path: str | Path) -> dict[str, Any]:
 
 
 def model_from_checkpoint(path_or_state: str | Path | dict[str, Any], use_ema: bool = True):
-    """Rebuild the model a checkpoint was saved from (no backbone weights are fetched)."""
+    """Rebuild the model a checkpoint was saved from (no backbone weights are fetched).
+    ``model.conf_threshold`` is the checkpoint's F1-best confidence threshold, or None."""
     from .model import RetinaNet
 
     state = path_or_state if isinstance(path_or_state, dict) else load_checkpoint(path_or_state)
@@ -77,4 +98,6 @@ def model_from_checkpoint(path_or_state: str | Path | dict[str, Any], use_ema: b
     model = RetinaNet(cfg, class_names=state.get("class_names"), category_ids=state.get("category_ids"))
     weights = state["ema"] if use_ema and state.get("ema") else state["model"]
     model.load_state_dict(weights)
+    threshold = state.get("conf_threshold")
+    model.conf_threshold = float(threshold) if threshold is not None else None
     return model.eval()

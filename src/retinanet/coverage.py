@@ -124,14 +124,18 @@ class FitResult:
         return [*self.auto, *self.fitting, *self.risks]
 
 
-def fit_to_data(cfg: ModelConfig, dataset: DetectionDataset, fit: bool = True, seed: int = 0) -> FitResult:
+def fit_to_data(cfg: ModelConfig, dataset: DetectionDataset, fit: bool = True, seed: int = 0, kept_from: str = "") -> FitResult:
     """Resolve ``input_size=auto``, measure the anchors' coverage of ``dataset``'s boxes,
     fit per-level anchor sizes when coverage is poor and ``fit`` is on, and name the
     classes still at risk, with the coverage a larger input would give them. ``cfg``
-    itself is not changed."""
+    itself is not changed. ``kept_from``: the detector checkpoint whose anchors ``cfg``
+    holds (a fine-tuning run): they are measured, never refitted, and the lines say so."""
     cfg, auto = resolve_input_size(cfg, dataset)
     configured = cfg
     notes = []
+    if kept_from:
+        fit = False
+        notes.append(f"anchors kept from {kept_from}: its head learned them, so they are measured here, not refitted")
     if fit and cfg.loss.assigner != "paper":
         fit = False  # ATSS picks anchors by centre distance and a per-box threshold, not IoU >= fg_iou
         notes.append(f"model.loss.assigner={cfg.loss.assigner} does not assign by IoU >= fg_iou: anchors measured, not fitted")

@@ -41,19 +41,31 @@ def font_path() -> str:
     return font_manager.findfont(font_manager.FontProperties(family="DejaVu Sans"))
 
 
-def draw_boxes(image: Tensor, boxes: Tensor, labels: Sequence[str], colors: Sequence[tuple[int, int, int]]) -> Tensor:
+def draw_boxes(
+    image: Tensor,
+    boxes: Tensor,
+    labels: Sequence[str],
+    colors: Sequence[tuple[int, int, int]],
+    scores: Sequence[float] | None = None,
+) -> Tensor:
     """(3, H, W) uint8 -> (3, H, W) uint8 with ``boxes`` (D, 4) xyxy drawn in ``colors`` and
     each ``labels`` text on a filled strip of its box's colour, line width and font size
-    scaled to the image (torchvision.utils.draw_bounding_boxes)."""
+    scaled to the image (torchvision.utils.draw_bounding_boxes). Boxes are drawn in the
+    order given, each over the ones before; with ``scores``, from the lowest score up, so
+    the best box and its label end on top (of equal scores, the one given first)."""
     from torchvision.utils import draw_bounding_boxes
 
     if not len(boxes):
         return image
+    boxes, labels, colors = boxes.float().reshape(-1, 4), list(labels), list(colors)
+    if scores is not None:
+        order = sorted(range(len(labels)), key=lambda i: (scores[i], -i))  # lowest first
+        boxes, labels, colors = boxes[order], [labels[i] for i in order], [colors[i] for i in order]
     side = max(image.shape[-2:])
     return draw_bounding_boxes(
-        image, boxes.float().reshape(-1, 4), labels=list(labels), colors=list(colors),
+        image, boxes, labels=labels, colors=colors,
         width=max(1, round(side / LINE_PX_PER)), font=font_path(), font_size=max(MIN_FONT_PX, round(side / FONT_PX_PER)),
-        label_colors=[text_color(c) for c in colors], label_background_colors=list(colors), fill_labels=True,
+        label_colors=[text_color(c) for c in colors], label_background_colors=colors, fill_labels=True,
     )  # fmt: skip
 
 

@@ -24,18 +24,20 @@ from torch.optim.swa_utils import AveragedModel
 from tqdm import tqdm
 
 from .checkpoint import load_checkpoint
-from .config import DataConfig, ModelConfig, RunConfig, TrainConfig, from_dict, save_yaml, to_dict
+from .config import EvalConfig, RunConfig, save_yaml
 from .coverage import FitResult, fit_to_data
 from .data.dataset import DetectionDataset
-from .data.splits import choose_validation, load_split, saved_val_split
+from .data.splits import choose_validation, load_split
+from .finetune import load_detector_weights, start_weights
+from .history import LOSS_KEYS  # of model.loss, averaged over an epoch's images into train_*
+from .loggers import RunLoggers, check_loggers
 from .model import RetinaNet
 from .optim import NonFiniteLossError, build_optimizer, clip_gradients, ema_avg_fn, non_finite, warmup_cosine
 from .run_folder import RunFolder, next_run_dir
-from .runtime import amp_dtype, resolve_device, resolve_workers, rng_state, seed_everything, set_rng_state, setup_distributed
+from .run_state import FITNESS_KEY, inference_state, replan, resume_changes, restore, saved_config, training_state
+from .runtime import amp_dtype, resolve_device, resolve_workers, seed_everything, setup_distributed
 from .stop import StopSignals, TrainingInterrupted
-
-FITNESS_KEY = "AP"  # checkpoint "best" = highest COCO AP@[.5:.95] on the validation split
-LOSS_KEYS = ("loss", "cls", "box")  # of model.loss, averaged over an epoch's images into train_*
+from .validation import final_best, out_of_patience, validate
 
 
 # ----------------------------------------------------------------------------- the loop
@@ -48,11 +50,17 @@ class TrainResult:
     last_metrics: dict[str, float] = field(default_factory=dict)
     epochs: int = 0
     images_per_second: float = 0.0
+    stopped: str = ""
+    """Why the run stopped before its last epoch (train.patience), else empty."""
+    conf_threshold: float | None = None
+    """best.pt's confidence threshold with the best F1 on the validation split."""
 
 
 class Trainer:
-    """One training run. ``fit()`` trains to ``cfg.train.epochs``; ``Trainer.resume(run_dir)``
-    rebuilds a run from its last checkpoint and continues it exactly.
+    """One training run. ``fit()`` trains to ``cfg.train.epochs`` (or until the validation AP
+    stops improving, ``train.patience``); ``Trainer.resume(run_dir)`` rebuilds a run from
+    its last checkpoint and continues it exactly, or longer. With ``train.weights`` the
+    model starts from a trained detector (finetune.py).
 
     The Trainer works on a copy of ``cfg`` (it fills in the dataset's class count, and the
     input size and anchors coverage.py fits to the data), so the caller's config is left
@@ -77,12 +85,17 @@ class Trainer:
         self.dist = setup_distributed(t.device)
         self.device = resolve_device(t.device, self.dist, setting="train.device")
         self.amp = amp_dtype(t.amp, self.device)
+        if t.patience < 0:
+            raise ValueError(f"train.patience must be 0 (off) or a number of epochs, not {t.patience}")
+        check_loggers(t.loggers)  # a tracker that is not installed fails now, not after the data loads
         seed_everything(t.seed)
+        start = start_weights(cfg, fresh=load_backbone_weights)  # a trained detector to start from
         self._load_data(train_data, val_data)
         cfg.model.num_classes = self.train_data.num_classes
-        self.coverage = self._fit_to_data(refit and cfg.model.anchors.fit)
+        self.coverage = self._fit_to_data(refit and cfg.model.anchors.fit, t.weights if start else "")
         cfg.model = self.coverage.cfg
         self.model = self._build_model(load_backbone_weights)
+        self.start_lines = load_detector_weights(self.model, start, t.weights) if start else []
         self.optimizer = build_optimizer(self.model, t.optimizer, t.lr, t.momentum, t.weight_decay, setting="train.optimizer")
         self.ema = (
             AveragedModel(self.model, multi_avg_fn=ema_avg_fn(t.ema_decay, t.ema_tau), use_buffers=True)
@@ -98,6 +111,11 @@ class Trainer:
         self.epoch = 0  # completed epochs
         self.step = 0  # optimiser steps taken
         self.best_fitness = -1.0
+        self.best_epoch = 0  # the epoch best.pt holds (0: none yet)
+        self.val_threshold = None  # evaluation.threshold.F1Threshold of the last validation
+        self.validation = None  # validation.Validation of this epoch (metrics, threshold, losses, ...)
+        self.loggers = RunLoggers()  # steps.csv, previews, TensorBoard, MLflow: opened by fit()
+        self.stopped = ""  # why the run stopped early
         self.history: list[dict[str, float]] = []
         self.position: dict[str, Any] | None = None  # where in the epoch an interrupted run stopped
         self._stop: StopSignals | None = None
@@ -106,6 +124,8 @@ class Trainer:
         self.ddp: nn.Module = self.model
         self._wrap()
         if self.dist.is_main:
+            for line in self.start_lines:
+                tqdm.write(line)
             self.folder.report_data(self.coverage, self.train_data, self.val_data)
 
     # -- building
@@ -127,11 +147,13 @@ class Trainer:
         if len(self.train_data) == 0:
             raise ValueError(f"{cfg.data.source}: split {cfg.data.train_split!r} has no images")
 
-    def _fit_to_data(self, fit: bool) -> FitResult:
+    def _fit_to_data(self, fit: bool, kept_from: str = "") -> FitResult:
         """Input size and anchors fitted to the training data before the model is built
-        (coverage.py; a resumed run is only measured). The main process decides and the
-        others receive its result, so every process trains with the same anchors."""
-        result = [fit_to_data(self.cfg.model, self.train_data, fit=fit, seed=self.cfg.train.seed) if self.dist.is_main else None]
+        (coverage.py; the anchors of a resumed or fine-tuning run are only measured). The
+        main process decides and the others receive its result, so every process trains
+        with the same anchors."""
+        cfg, seed = self.cfg.model, self.cfg.train.seed
+        result = [fit_to_data(cfg, self.train_data, fit=fit, seed=seed, kept_from=kept_from) if self.dist.is_main else None]
         if self.dist.enabled:
             dist.broadcast_object_list(result, src=0)
         return result[0]
@@ -195,55 +217,25 @@ class Trainer:
     # -- checkpoints
 
     def state(self, metrics: dict[str, float]) -> dict[str, Any]:
-        return {
-            "model": self.model.state_dict(),
-            "ema": self.ema.module.state_dict() if self.ema is not None else None,
-            "ema_updates": int(self.ema.n_averaged) if self.ema is not None else 0,
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
-            "scaler": self.scaler.state_dict(),
-            "epoch": self.epoch,
-            "step": self.step,
-            "best_fitness": self.best_fitness,
-            "history": self.history,
-            "rng": rng_state(),
-            "config": to_dict(self.cfg),
-            "class_names": self.model.class_names,
-            "category_ids": self.model.category_ids,
-            "metrics": metrics,
-            "position": self.position,
-        }
+        """last.pt (run_state.py); best.pt is run_state.inference_state."""
+        return training_state(self, metrics)
 
     def load_state(self, state: dict[str, Any]) -> None:
-        self.model.load_state_dict(state["model"])
-        if self.ema is not None and state.get("ema") is not None:
-            self.ema.module.load_state_dict(state["ema"])
-            self.ema.n_averaged.fill_(state.get("ema_updates", 0))
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        if state.get("scaler"):
-            self.scaler.load_state_dict(state["scaler"])
-        self.epoch, self.step = int(state["epoch"]), int(state["step"])
-        self.best_fitness = float(state.get("best_fitness", -1.0))
-        self.history = list(state.get("history") or [])
-        self.position = state.get("position")
-        set_rng_state(state["rng"])
+        restore(self, state)
 
     @classmethod
-    def resume(cls, run_dir: str | Path, **kwargs: Any) -> Trainer:
+    def resume(cls, run_dir: str | Path, epochs: int | None = None, patience: int | None = None, **kwargs: Any) -> Trainer:
+        """The run in ``run_dir`` (or a last.pt) rebuilt to continue; ``epochs``: train to this
+        many epochs instead (the schedule is re-planned), ``patience``: a new train.patience."""
         run_dir = Path(run_dir)
         ckpt = run_dir / "last.pt" if run_dir.is_dir() else run_dir
         state = load_checkpoint(ckpt)
-        raw = state["config"]
-        cfg = RunConfig(
-            model=from_dict(ModelConfig, raw["model"], "model"),
-            data=from_dict(DataConfig, raw["data"], "data"),
-            train=from_dict(TrainConfig, raw["train"], "train"),
-        )
-        if "holdout" not in raw["data"]:  # saved before held-out validation: the same val images as before
-            cfg.data.val_split = saved_val_split(cfg.data)
+        cfg = saved_config(state, ckpt)
+        planned = resume_changes(cfg, state, ckpt, epochs, patience)
         trainer = cls(cfg, run_dir=ckpt.parent, load_backbone_weights=False, refit=False, **kwargs)
         trainer.load_state(state)
+        if cfg.train.epochs != planned:
+            replan(trainer, planned)
         if trainer.dist.is_main and ckpt.name == "last.pt":  # a kill after last.pt and before results.csv left the CSV a row short
             trainer.folder.write_results(trainer.history)
         return trainer
@@ -330,6 +322,7 @@ class Trainer:
                 bar.set_postfix(**shown, lr=f"{self.optimizer.param_groups[0]['lr']:.2e}", img_s=f"{rate:.1f}")
                 if self.on_step is not None:
                     self.on_step(self)
+            self.loggers.step(self, done, batch, losses)
             if self._stop_requested():
                 bar.close()
                 self._interrupt(dict(batch=done, sums=sums, seen=seen, skipped=skipped, elapsed=time.perf_counter() - start))
@@ -362,6 +355,7 @@ class Trainer:
             position["sums"], position["seen"] = self._global_sums(position["sums"], position["seen"])
             if self.dist.is_main:
                 self.position = position
+                self.loggers.flush()
                 self.folder.save_interrupted(self.state({}))
         self._barrier()
         raise TrainingInterrupted(
@@ -389,29 +383,32 @@ class Trainer:
         dist.all_reduce(vec)
         return dict(zip(sums, vec[:-1].tolist())), int(vec[-1])
 
-    def validate(self, out_dir: Path | None = None, plots: bool = False) -> dict[str, float]:
+    @property
+    def eval_config(self) -> EvalConfig:
+        return EvalConfig(batch_size=self.cfg.train.batch_size, workers=resolve_workers(self.cfg.data.workers))
+
+    def validate(self) -> dict[str, float]:
+        """Rank 0: the EMA weights' COCO metrics on the validation split; the F1-best
+        confidence threshold of the same detections goes to ``self.val_threshold``, the
+        whole validation (losses on the split, per-class AP) to ``self.validation``."""
         if self.val_data is None or not self.dist.is_main:
             return {}
-        from .evaluation import EvalConfig, evaluate
-
-        return evaluate(
-            self.eval_model,
-            self.val_data,
-            EvalConfig(batch_size=self.cfg.train.batch_size, workers=resolve_workers(self.cfg.data.workers)),
-            out_dir=out_dir,
-            plots=plots,
-            progress=self.progress,
-        ).metrics
+        self.validation = validate(self.eval_model, self.val_data, self.eval_config, self.progress)
+        self.val_threshold = self.validation.threshold
+        return self.validation.metrics
 
     def _end_epoch(self, stats: dict[str, float], metrics: dict[str, float]) -> None:
         """Rank 0: log the epoch, write last.pt (and best.pt when the AP improved)."""
         t = self.cfg.train
-        self.history.append({"epoch": self.epoch, **stats, **{f"val_{k}": v for k, v in metrics.items()}})
+        losses = self.validation.losses if self.validation is not None else {}
+        self.history.append({"epoch": self.epoch, **stats, **{f"val_{k}": v for k, v in {**losses, **metrics}.items()}})
+        self.loggers.epoch(self, stats, metrics)
         fitness = metrics.get(FITNESS_KEY, -1.0) if metrics else -1.0
         improved = bool(metrics) and fitness > self.best_fitness
         if improved:
-            self.best_fitness = fitness
-        self.folder.commit_epoch(self.state(metrics), best=improved or (self.val_data is None and self.epoch == t.epochs))
+            self.best_fitness, self.best_epoch = fitness, self.epoch
+        best = improved or (self.val_data is None and self.epoch == t.epochs)
+        self.folder.commit_epoch(self.state(metrics), inference_state(self, metrics) if best else None)
         if metrics:
             tqdm.write(
                 f"epoch {self.epoch}/{t.epochs}: "
@@ -423,12 +420,13 @@ class Trainer:
         t = self.cfg.train
         last_metrics: dict[str, float] = {}
         rate = 0.0
-        with StopSignals() as self._stop:
-            while self.epoch < t.epochs:
+        with StopSignals() as self._stop, RunLoggers.open(self) as self.loggers:
+            while self.epoch < t.epochs and not out_of_patience(self):
                 stats = self.train_one_epoch()
                 rate = stats["images_per_second"]
                 self.epoch += 1
                 do_eval = self.epoch % t.eval_every == 0 or self.epoch == t.epochs
+                self.val_threshold = self.validation = None
                 metrics = self.validate() if do_eval else {}
                 if self.dist.is_main:
                     last_metrics = metrics or last_metrics
@@ -437,11 +435,13 @@ class Trainer:
                 if self._stop_requested():  # it came during validation or the save: stop before another step
                     self._interrupt(None)
         self._stop = None
-        best = {}
-        if self.dist.is_main and (self.run_dir / "best.pt").exists():
-            best = load_checkpoint(self.run_dir / "best.pt").get("metrics") or {}
-        return TrainResult(self.run_dir, best, last_metrics, self.epoch, rate)
+        result = TrainResult(self.run_dir, {}, last_metrics, self.epoch, rate, self.stopped)
+        if self.dist.is_main and self.folder.best.exists():
+            best = final_best(self)
+            result.best_metrics, result.conf_threshold = best.get("metrics") or {}, best.get("conf_threshold")
+        return result
 
     def close(self) -> None:
+        self.loggers.close()
         if self.dist.enabled and dist.is_initialized():
             dist.destroy_process_group()

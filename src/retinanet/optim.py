@@ -77,6 +77,18 @@ def warmup_cosine(
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
+def restart_at(scheduler: torch.optim.lr_scheduler.LambdaLR, step: int) -> list[float]:
+    """Set the optimiser's learning rates to ``scheduler``'s values for ``step`` (the next
+    step to take) and return them. A resumed run whose length changed needs this: its
+    scheduler follows the new plan, but the rates loaded with the optimiser are the old
+    plan's until the next ``step()``."""
+    lrs = [base * fn(step) for base, fn in zip(scheduler.base_lrs, scheduler.lr_lambdas)]
+    for group, lr in zip(scheduler.optimizer.param_groups, lrs):
+        group["lr"] = lr
+    scheduler._last_lr = list(lrs)
+    return lrs
+
+
 def ema_avg_fn(decay: float, tau: float) -> Callable:
     """multi_avg_fn for AveragedModel: EMA whose decay ramps up as decay * (1 - exp(-n / tau))
     (as YOLOv5 / timm do), so the average is usable after the first epochs; integer

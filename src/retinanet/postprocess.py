@@ -1,8 +1,10 @@
 """Raw outputs -> detections: per-level sigmoid, score threshold and top-k, decoding,
-class-aware NMS (torchvision.ops.batched_nms) and boxes mapped to original pixels.
+NMS (torchvision.ops.batched_nms) and boxes mapped to original pixels.
 
 The whole batch is done with one NMS call: images and classes are both folded into the
 ``idxs`` argument of batched_nms, so boxes of different images never suppress each other.
+NMS is per class (the paper); with ``cfg.agnostic`` only the image goes into ``idxs``, so
+a box also suppresses overlapping boxes of the other classes.
 """
 
 from __future__ import annotations
@@ -84,7 +86,8 @@ def postprocess(
     image_idx, anchor_idx, labels, scores = select_candidates(cls_logits, level_counts, cfg.topk, cfg.score_thresh)
     boxes = box_coder.decode(box_deltas[image_idx, anchor_idx].float(), anchors[anchor_idx])  # (C, 4)
     num_classes = cls_logits.shape[2]
-    kept = batched_nms(boxes, scores, image_idx * num_classes + labels, cfg.nms_iou)  # sorted by score
+    groups = image_idx if cfg.agnostic else image_idx * num_classes + labels
+    kept = batched_nms(boxes, scores, groups, cfg.nms_iou)  # sorted by score
     boxes, scores, labels, image_idx = boxes[kept], scores[kept], labels[kept], image_idx[kept]
 
     if scales is not None:

@@ -1,9 +1,11 @@
-"""Running a Detector over what a user points it at: image files, folders, globs, video
-files and webcams, writing what `retinanet predict` promises into one folder:
+"""Running a Detector over what a user points it at: image files, folders, globs, http(s)
+URLs of images, video files, video streams and webcams, writing what `retinanet predict`
+promises into one folder:
 
   <image name>             the image with boxes drawn (unless save is off; a JPEG above
-                           images.DRAFT_MIN_PIXELS at the reduced size it decoded at)
-  <video stem>.mp4         the annotated video
+                           images.DRAFT_MIN_PIXELS at the reduced size it decoded at; an
+                           image URL by its address's last part, made a safe file name)
+  <video stem>.mp4         the annotated video (a stream: its address's last part)
   labels/<stem>.txt        YOLO txt per image / frame (save_txt; + score with save_conf)
   detections.json          COCO-style: images, annotations (with score), categories
 
@@ -20,13 +22,21 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
 from tqdm import tqdm
 
-from .api import Detector, Result, annotate, expand_images
+from .api import Detector
 from .config import PredictConfig
 from .data.images import ImageError, read_image_for, unique_file_names
-from .video import VideoSink, VideoSource, is_video, is_webcam
+from .results import Result, annotate, save_rgb
+from .sources import (
+    expand_images,
+    is_url,
+    read_url,
+    source_kind,
+    url_file_name,
+    video_stem,
+)
+from .video import VideoSink, VideoSource, is_stream, is_webcam
 
 JSON_NAME = "detections.json"
 
@@ -35,20 +45,46 @@ JSON_NAME = "detections.json"
 class Sources:
     """What a list of sources resolves to, before any model is loaded (a typo fails at once)."""
 
-    images: list[Path] = field(default_factory=list)
+    images: list[Path | str] = field(default_factory=list)
+    """Image files, and image URLs (str)."""
     videos: list[str] = field(default_factory=list)
+    """Video files, stream addresses and webcam indices."""
 
 
 def resolve_sources(sources: list[str]) -> Sources:
+    """Each source checked and sorted into images and videos (a URL without an image or
+    video suffix is asked for its Content-Type)."""
     out = Sources()
     for src in sources:
-        if is_video(src):
-            if not is_webcam(src) and not Path(src).is_file():
+        if source_kind(src) == "video":
+            if not is_webcam(src) and not is_stream(src) and not Path(src).is_file():
                 raise FileNotFoundError(f"{src}: video file not found")
-            out.videos.append(src)
+            out.videos.append(src.strip() if is_stream(src) else src)
+        elif is_url(src):
+            out.images.append(src.strip())
         else:
             out.images += expand_images(src)
     return out
+
+
+def output_names(items: list[Path | str]) -> list[str]:
+    """One file name per image file or URL for the flat output folder, all distinct: files
+    by data.images.unique_file_names, URLs by their address's last part (url_file_name)
+    with a counter where names would clash."""
+    files = [p for p in items if isinstance(p, Path)]
+    unique = unique_file_names(files)
+    file_names, taken, names = iter(unique), {Path(n).stem.lower() for n in unique}, []
+    for item in items:
+        if isinstance(item, Path):
+            names.append(next(file_names))
+            continue
+        name = url_file_name(item)
+        stem, suffix, k = Path(name).stem, Path(name).suffix, 1
+        while Path(name).stem.lower() in taken:
+            name, k = f"{stem}_{k}{suffix}", k + 1
+        taken.add(Path(name).stem.lower())
+        names.append(name)
+    return names
 
 
 class Writer:
@@ -122,17 +158,17 @@ class _Chunk:
     (a large JPEG decodes reduced, at least min_side on its longer side)."""
 
     images: list[torch.Tensor] = field(default_factory=list)
-    names: list[tuple[Path, str]] = field(default_factory=list)
+    names: list[tuple[Path | str, str]] = field(default_factory=list)
     sizes: list[tuple[int, int]] = field(default_factory=list)
     failed: int = 0
 
 
-def _read_chunk(files: list[Path], out_names: list[str], min_side: int) -> _Chunk:
+def _read_chunk(files: list[Path | str], out_names: list[str], min_side: int) -> _Chunk:
     chunk = _Chunk()
     for path, out_name in zip(files, out_names):
         try:
-            image, size = read_image_for(path, min_side)
-        except ImageError as e:
+            image, size = read_url(path, min_side) if isinstance(path, str) else read_image_for(path, min_side)
+        except ImageError as e:  # also a URL that cannot be downloaded (sources.UrlError)
             tqdm.write(f"skipped: {e}", file=sys.stderr)
             chunk.failed += 1
             continue
@@ -142,9 +178,9 @@ def _read_chunk(files: list[Path], out_names: list[str], min_side: int) -> _Chun
     return chunk
 
 
-def _predict_images(files: list[Path], det: Detector, writer: Writer) -> int:
-    """Batches of image files; returns the number of files that could not be read."""
-    out_names = unique_file_names(files)
+def _predict_images(files: list[Path | str], det: Detector, writer: Writer) -> int:
+    """Batches of image files and URLs; returns the number that could not be read."""
+    out_names = output_names(files)
     failed, batch = 0, writer.cfg.batch
     bar = tqdm(total=len(files), desc="images", unit="img", disable=len(files) < 2, file=sys.stderr)
     for start in range(0, len(files), batch):
@@ -160,24 +196,13 @@ def _predict_images(files: list[Path], det: Detector, writer: Writer) -> int:
     return failed
 
 
-def save_rgb(rgb: np.ndarray, path: Path) -> None:
-    """(H, W, 3) uint8 to ``path`` in its own format when Pillow writes it, else as PNG."""
-    img = Image.fromarray(rgb)
-    if path.suffix.lower() in (".jpg", ".jpeg"):
-        img.save(path, quality=95)
-    elif path.suffix.lower() in (".png", ".bmp", ".webp", ".tif", ".tiff"):
-        img.save(path)
-    else:
-        img.save(path.with_suffix(".png"))
-
-
 class _VideoRun:
     """One video or webcam: frames go through the detector in batches of cfg.batch."""
 
     def __init__(self, source: str, det: Detector, writer: Writer):
         self.source, self.det, self.writer = source, det, writer
         self.video = VideoSource(source, writer.cfg.max_frames)
-        self.stem = f"webcam{source}" if is_webcam(source) else Path(source).stem
+        self.stem = video_stem(source)
         self.sink = VideoSink(writer.out / f"{self.stem}.mp4", self.video.fps) if writer.cfg.save else None
         self.bar = tqdm(total=self.video.total, desc=self.stem, unit="frame", file=sys.stderr)
         self.frame_idx = 0

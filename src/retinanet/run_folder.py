@@ -1,10 +1,12 @@
 """A training run's folder, written in an order that leaves it consistent at any kill.
 
 The folder holds config.yaml, anchors.txt and data_<split>.txt (what the checks of the
-data found), last.pt (the resume point), best.pt (the epoch with the best validation AP)
-and results.csv (one row per finished epoch), then the plots of the final evaluation. The end of an epoch writes, each file atomically (atomic.py):
+data found), last.pt (the resume point), best.pt (the model of the epoch with the best
+validation AP, what inference needs and no more: run_state.py) and results.csv (one row
+per finished epoch), then the plots of the final evaluation. The end of an epoch writes,
+each file atomically (atomic.py):
 
-1. best.pt, when the validation AP improved (its state already records the new best);
+1. best.pt, when the validation AP improved (last.pt, written next, records the new best);
 2. last.pt: once it is renamed into place, the epoch is done;
 3. results.csv, rewritten from the history that last.pt holds.
 
@@ -31,7 +33,7 @@ from tqdm import tqdm
 
 from .atomic import remove_stale_temps
 from .checkpoint import save_checkpoint
-from .history import write_results_csv
+from .history import VAL_LOSSES, write_results_csv
 
 CRASH_ENV = "RETINANET_CRASH_AT"
 CRASH_POINTS = ("before_best", "inside_best", "after_best", "inside_last", "after_last", "inside_results", "after_results")
@@ -59,11 +61,11 @@ def crash_point(point: str, epoch: int) -> None:
 
 
 def results_columns(history: Sequence[dict[str, float]]) -> list[str]:
-    """results.csv's fixed columns: the first row's training fields, then every val_ metric
-    (epochs that skip validation leave those cells empty)."""
+    """results.csv's fixed columns: the first row's training fields, then the validation
+    losses and every val_ metric (epochs that skip validation leave those cells empty)."""
     from .evaluation import METRIC_NAMES
 
-    return [k for k in history[0] if not k.startswith("val_")] + [f"val_{k}" for k in METRIC_NAMES]
+    return [k for k in history[0] if not k.startswith("val_")] + list(VAL_LOSSES) + [f"val_{k}" for k in METRIC_NAMES]
 
 
 class RunFolder:
@@ -86,12 +88,14 @@ class RunFolder:
             hook = None if epoch is None else (lambda: crash_point("inside_results", epoch))
             write_results_csv(history, self.results, results_columns(history), hook)
 
-    def commit_epoch(self, state: dict[str, Any], best: bool) -> None:
-        """Write the end of epoch ``state["epoch"]`` in the order of the module doc."""
+    def commit_epoch(self, state: dict[str, Any], best: dict[str, Any] | None = None) -> None:
+        """Write the end of epoch ``state["epoch"]`` in the order of the module doc: ``best``
+        (best.pt's smaller state, for inference) when this epoch is the best, then ``state``
+        (last.pt)."""
         epoch = int(state["epoch"])
         crash_point("before_best", epoch)
-        if best:
-            save_checkpoint(state, self.best, lambda: crash_point("inside_best", epoch))
+        if best is not None:
+            save_checkpoint(best, self.best, lambda: crash_point("inside_best", epoch))
             crash_point("after_best", epoch)
         save_checkpoint(state, self.last, lambda: crash_point("inside_last", epoch))
         crash_point("after_last", epoch)

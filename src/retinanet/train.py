@@ -17,7 +17,6 @@ from .config import PredictConfig, RunConfig, apply_overrides, load_yaml, merge,
 # Anything the user sets wins.
 DEMO_OVERRIDES = ["train.epochs=12", "train.lr=0.02"]
 DEMO_IMAGES = 8  # validation images the finished run predicts on, as a user would
-DEMO_CONF = 0.3
 # Real data trains at the input size its boxes need (coverage.py: 320 unless more than 5%
 # of the boxes would be under 16 px there; then 416, 512 or 640). Measured on aquarium's
 # validation split: AP 0.103 at 320 against 0.181 at the 640 it picks; raccoon stays at 320.
@@ -58,15 +57,27 @@ class RunSummary:
     best_metrics: dict[str, float] = field(default_factory=dict)
     written: list[Path] = field(default_factory=list)
     """Files and folders the final step wrote (curves, evaluation, predictions)."""
+    stopped: str = ""
+    """Why the run stopped before its last epoch (train.patience), else empty."""
+    conf_threshold: float | None = None
+    """best.pt's confidence threshold with the best F1 on the validation split."""
 
 
-def train(cfg: RunConfig | None = None, resume: str | Path | None = None, progress: bool = True, final: bool = True) -> RunSummary:
-    """Train ``cfg`` (or continue the run in ``resume``); with ``final``, evaluate best.pt
-    with plots and predict on a few validation images. Returns the run's summary."""
+def train(
+    cfg: RunConfig | None = None,
+    resume: str | Path | None = None,
+    progress: bool = True,
+    final: bool = True,
+    epochs: int | None = None,
+    patience: int | None = None,
+) -> RunSummary:
+    """Train ``cfg`` (or continue the run in ``resume``, to ``epochs`` epochs and with
+    ``patience`` when given); with ``final``, evaluate best.pt with plots and predict on a
+    few validation images. Returns the run's summary."""
     from .engine import Trainer
 
     if resume is not None:
-        trainer = Trainer.resume(resume, progress=progress)
+        trainer = Trainer.resume(resume, epochs=epochs, patience=patience, progress=progress)
         where = f"epoch {trainer.epoch}/{trainer.cfg.train.epochs}"
         if trainer.position:
             where = f"epoch {trainer.epoch + 1}/{trainer.cfg.train.epochs}, batch {trainer.position['batch']}/{trainer.steps_per_epoch}"
@@ -76,7 +87,7 @@ def train(cfg: RunConfig | None = None, resume: str | Path | None = None, progre
     try:
         result = trainer.fit()
         written = finish(trainer, progress) if final and trainer.dist.is_main else []
-        return RunSummary(Path(result.run_dir), result.best_metrics, written)
+        return RunSummary(Path(result.run_dir), result.best_metrics, written, result.stopped, result.conf_threshold)
     finally:
         trainer.close()
 
@@ -105,16 +116,17 @@ def finish(trainer, progress: bool = True) -> list[Path]:
 
 
 def _predict_demo(model: Path, images: list[Path], out: Path) -> bool:
-    """What `retinanet predict IMAGES --model best.pt --conf 0.3` would do and print. A
-    failure here is reported, not raised: the run itself is finished and saved."""
+    """What `retinanet predict IMAGES --model best.pt` would do and print: at best.pt's
+    confidence threshold (the F1-best on validation), else predict's default. A failure
+    here is reported, not raised: the run itself is finished and saved."""
     from .api import Detector
     from .predict import Sources, predict
 
     try:
-        det = Detector(model, conf=DEMO_CONF)
+        det = Detector(model)
         done = predict(det, Sources(images=images), PredictConfig(out=str(out)))
     except (ValueError, FileNotFoundError, RuntimeError) as e:
         print(f"predict demo skipped: {e}", file=sys.stderr)
         return False
-    print(f"{done.images} images, {done.detections} detections ({det.backend_name}) -> {done.json_path}")
+    print(f"{done.images} images, {done.detections} detections at conf {det.conf:.3f} ({det.backend_name}) -> {done.json_path}")
     return True

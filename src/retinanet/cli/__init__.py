@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 
 from .. import __version__
 from ..stop import TrainingInterrupted
@@ -50,7 +51,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
-        return int(args._run(args) or 0)
+        with warnings.catch_warnings():  # a warning is one line naming the command, as an error is
+            warnings.showwarning = _one_line(args.command)
+            return int(args._run(args) or 0)
     except TrainingInterrupted as e:  # SIGTERM / Ctrl-C: saved, with the resume command
         print(f"retinanet {args.command}: {e}", file=sys.stderr)
         return e.exit_code
@@ -65,6 +68,15 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as e:  # disk full, no permission, ...: the path and the cause
         print(f"retinanet {args.command}: error: {describe_os_error(e)}", file=sys.stderr)
         return 1
+
+
+def _one_line(command: str):
+    """A warnings.showwarning that prints ``retinanet COMMAND: warning: message``."""
+
+    def show(message, *_args, **_kwargs) -> None:
+        print(f"retinanet {command}: warning: {message}", file=sys.stderr)
+
+    return show
 
 
 def describe_os_error(e: OSError) -> str:

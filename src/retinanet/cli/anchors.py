@@ -7,6 +7,7 @@ import argparse
 import dataclasses
 
 from ..config import PRESETS, apply_overrides, preset
+from .flags import add_flag
 
 MODEL_PREFIX = "model."  # overrides are written as for `retinanet train`
 
@@ -21,7 +22,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--split", default="train", help="split to measure (default: train)")
     p.add_argument("--preset", default="default", choices=PRESETS, help="model preset whose anchors are measured")
-    p.add_argument("--input-size", type=int, default=None, help="input size (default: the preset's)")
+    add_flag(p, "--imgsz", aliases=("--input-size",), type=int, default=None, help="input size (default: the preset's)")
+    p.add_argument("--drop-bad", action="store_true", help="leave out unusable images and boxes instead of stopping")
     p.add_argument(
         "--fit",
         nargs=2,
@@ -43,13 +45,13 @@ def run(args: argparse.Namespace) -> int:
     if bad:
         raise ValueError(f"only model.* overrides apply here, got {', '.join(bad)}")
     apply_overrides(cfg, [o[len(MODEL_PREFIX) :] for o in args.overrides])
-    if args.input_size is not None:
-        if args.input_size < 32:
-            raise ValueError(f"--input-size must be at least 32, got {args.input_size}")
-        cfg.input_size = args.input_size
+    if args.imgsz is not None:
+        if args.imgsz < 32:
+            raise ValueError(f"--imgsz must be at least 32, got {args.imgsz}")
+        cfg.input_size = args.imgsz
     if args.fit is not None and min(args.fit) < 1:
         raise ValueError(f"--fit needs at least 1 scale and 1 ratio, got {args.fit[0]} {args.fit[1]}")
-    dataset = load_dataset(args.source, args.split, check="header")
+    dataset = load_dataset(args.source, args.split, check="header", drop_bad=args.drop_bad)
     check = fit_to_data(cfg, dataset, fit=cfg.anchors.fit)  # what `retinanet train` does before its first step
     cfg = dataclasses.replace(cfg, input_size=check.cfg.input_size)  # auto resolved; the configured anchors measured
     report = anchor_report(dataset, cfg, fit=tuple(args.fit) if args.fit else None, seed=args.seed, progress=True)
@@ -59,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
     print(format_table(check.after))
     if args.fit:
         extra = "".join(f" {o}" for o in args.overrides if not o.startswith("model.anchors.scales=") and not o.startswith("model.anchors.ratios="))
-        size = f" model.input_size={cfg.input_size}" if args.input_size is not None else ""
+        size = f" imgsz={cfg.input_size}" if args.imgsz is not None else ""
         fixed = " model.anchors.fit=false"  # these scales and ratios, not a refit at the start of training
         print(f"train with them: retinanet train --data {args.source} --preset {args.preset}{extra}{size} {_fitted(report)}{fixed}")
     if args.plot:

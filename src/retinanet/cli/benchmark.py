@@ -6,14 +6,17 @@ from __future__ import annotations
 import argparse
 
 from ..config.export import DEFAULT_RUNTIMES, RUNTIMES, BenchConfig
+from .flags import add_flag
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     d = BenchConfig()
     p.add_argument("--model", help="checkpoint (.pt) to measure; default: an untrained --preset model")
     p.add_argument("--preset", default="default", help="preset measured without --model (default: default)")
-    p.add_argument("--classes", type=int, default=d.num_classes, help=f"classes of the preset model (default {d.num_classes})")
-    p.add_argument("--sizes", type=int, nargs="+", default=list(d.sizes), help="input sizes (default 320)")
+    add_flag(p, "--num-classes", aliases=("--classes",), type=int, default=d.num_classes,
+             help=f"number of classes of the preset model (default {d.num_classes})")
+    add_flag(p, "--imgsz", aliases=("--sizes",), type=int, nargs="+", default=list(d.sizes),
+             help=f"input sizes, one or more (default {' '.join(map(str, d.sizes))})")  # fmt: skip
     p.add_argument("--batch", type=int, default=d.batch, help="images per call (default 1)")
     p.add_argument("--runtimes", nargs="+", default=list(DEFAULT_RUNTIMES), choices=list(RUNTIMES), help="runtimes to measure")
     p.add_argument("--compile", action="store_true", help="also measure torch.compile (slow to build)")
@@ -30,8 +33,8 @@ def run(args: argparse.Namespace) -> int:
 
     runtimes = tuple(args.runtimes) + (("compile",) if args.compile and "compile" not in args.runtimes else ())
     calibration = expand_images(args.calibration) if args.calibration else None
-    factory = model_factory(args.model, args.preset, args.classes)
-    cfg = BenchConfig(sizes=tuple(args.sizes), batch=args.batch, num_classes=args.classes, repeats=args.repeats, threads=args.threads)
+    factory = model_factory(args.model, args.preset, args.num_classes)
+    cfg = BenchConfig(sizes=tuple(args.imgsz), batch=args.batch, num_classes=args.num_classes, repeats=args.repeats, threads=args.threads)
     _, image_name = test_image(args.image)
     rows = benchmark(factory, cfg, runtimes, peer=not args.no_peer, image_path=args.image, calibration=calibration)
     print(f"machine: {machine_line(cfg.threads)}")

@@ -7,6 +7,7 @@ import argparse
 from pathlib import Path
 
 from ..config.export import CALIBRATION_METHODS, OPSET, ExportConfig, QuantizeConfig
+from .flags import add_flag
 
 VERIFY_IMAGES = 16  # --verify compares on the first this many images
 
@@ -14,8 +15,9 @@ VERIFY_IMAGES = 16  # --verify compares on the first this many images
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("checkpoint", help="checkpoint (.pt) to export")
     p.add_argument("--format", default="onnx", choices=["onnx"], help="output format (onnx)")
-    p.add_argument("--output", "-o", help="output file (default: the checkpoint's path with .onnx)")
-    p.add_argument("--size", type=int, default=ExportConfig.input_size, help="input size the graph letterboxes to (default: the model's)")
+    add_flag(p, "--out", "-o", aliases=("--output",), help="output file (default: the checkpoint's path with .onnx)")
+    add_flag(p, "--imgsz", aliases=("--size",), type=int, default=ExportConfig.input_size,
+             help="input size the graph letterboxes to (default: the model's)")  # fmt: skip
     p.add_argument("--conf", type=float, default=ExportConfig.score_thresh, help="default score threshold (an input of the graph)")
     p.add_argument("--iou", type=float, default=ExportConfig.nms_iou, help="default NMS IoU threshold (an input of the graph)")
     p.add_argument("--max-det", type=int, default=ExportConfig.max_detections, help="detections per image (fixed output rows)")
@@ -31,7 +33,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--no-fold-bn", action="store_true", help="keep every batch norm (and the input scaling) as separate ops")
     p.add_argument("--opset", type=int, default=ExportConfig.opset, help=f"ONNX opset (default {OPSET})")
-    p.add_argument("--int8", action="store_true", help="also write a static int8 model (<output stem>.int8.onnx)")
+    p.add_argument("--int8", action="store_true", help="also write a static int8 model (<out stem>.int8.onnx)")
     p.add_argument("--calibration", help="images for int8 calibration: folder or glob (required with --int8)")
     p.add_argument(
         "--calibration-images",
@@ -46,7 +48,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def export_config(args: argparse.Namespace) -> ExportConfig:
     return ExportConfig(
-        input_size=args.size,
+        input_size=args.imgsz,
         score_thresh=args.conf,
         nms_iou=args.iou,
         max_detections=args.max_det,
@@ -65,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
     if args.int8 and not args.calibration:
         raise ValueError("--int8 needs --calibration IMAGES (a folder or glob of representative images)")
     model = model_from_checkpoint(ckpt)
-    out = Path(args.output) if args.output else ckpt.with_suffix(".onnx")
+    out = Path(args.out) if args.out else ckpt.with_suffix(".onnx")
     export_onnx(model, out, export_config(args))
     print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB, fp32)")
     outputs = [out]

@@ -1,5 +1,6 @@
 """`retinanet predict SOURCE...`: run a checkpoint (.pt) or exported model (.onnx) on
-images, folders, globs, video files or a webcam (see retinanet.predict for the outputs)."""
+images, folders, globs, image URLs, video files, video streams or a webcam (see
+retinanet.predict for the outputs)."""
 
 from __future__ import annotations
 
@@ -10,35 +11,46 @@ from typing import Any
 from ..api import Detector
 from ..config import PredictConfig, preset
 from ..predict import check_config, predict, resolve_sources
+from .flags import add_classes, add_device, add_flag, class_list, run_dir
 
 D = PredictConfig
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("sources", nargs="+", metavar="SOURCE", help="image, folder, glob ('imgs/*.jpg'), video file or webcam index (0)")
+    p.add_argument("sources", nargs="+", metavar="SOURCE", help="image, folder, glob ('imgs/*.jpg'), image URL, video file, stream (rtsp://, http MJPEG) or webcam index (0)")
     p.add_argument("--model", help="checkpoint (.pt) or exported model (.onnx); default: an untrained --preset model")
     p.add_argument("--preset", default="default", help="preset of the untrained model used without --model")
-    p.add_argument("--output", default=D.out, help=f"output folder (default {D.out})")
-    p.add_argument("--conf", type=float, default=D.conf, help="score threshold (default: the model's, 0.05)")
+    add_flag(p, "--out", aliases=("--output",), help=f"output folder (default: the next free {D.out}/exp, exp2, ...)")
+    p.add_argument("--conf", type=float, default=D.conf, help=f"score threshold (default: the one the model stores, else {D.fallback_conf})")
     p.add_argument("--iou", type=float, default=D.iou, help="NMS IoU threshold (default: the model's, 0.5)")
     p.add_argument("--max-det", type=int, default=D.max_det, help="detections kept per image (default: the model's, 100)")
-    p.add_argument("--classes", default=D.classes, help="keep only these classes: comma-separated names or indices")
+    p.add_argument("--agnostic-nms", action="store_const", const=True, default=D.agnostic,
+                   help="class-agnostic NMS: a box also suppresses overlapping boxes of other classes")
+    add_classes(p)
     p.add_argument("--batch", type=int, default=D.batch, help=f"images per forward pass (default {D.batch})")
-    p.add_argument("--save-txt", action="store_true", help="also write YOLO txt labels to OUTPUT/labels/")
+    p.add_argument("--save-txt", action="store_true", help="also write YOLO txt labels to OUT/labels/")
     p.add_argument("--save-conf", action="store_true", help="append the score to each YOLO txt line")
     p.add_argument("--no-save", action="store_true", help="do not write annotated images / videos")
     p.add_argument("--max-frames", type=int, default=D.max_frames, help="stop a video or webcam after this many frames")
-    p.add_argument("--device", default=D.device, help=f"torch device for checkpoints (default {D.device})")
+    add_device(p)
     p.add_argument("--threads", type=int, default=D.threads, help="ONNX Runtime threads (default: torch's thread count)")
     p.add_argument("--verbose", action="store_true", help="print every image's detections")
 
 
 def config_from_args(args: argparse.Namespace) -> PredictConfig:
     return PredictConfig(
-        out=args.output, conf=args.conf, iou=args.iou, max_det=args.max_det, classes=args.classes or "",
+        out=str(run_dir(args.out, D.out)), conf=args.conf, iou=args.iou, max_det=args.max_det, agnostic=args.agnostic_nms,
+        classes=",".join(class_list(args.classes) or []),
         batch=args.batch, save=not args.no_save, save_txt=args.save_txt, save_conf=args.save_conf,
-        max_frames=args.max_frames, device=args.device, threads=args.threads, verbose=args.verbose,
+        max_frames=args.max_frames, device=_device(args.device), threads=args.threads, verbose=args.verbose,
     )  # fmt: skip
+
+
+def _device(name: str) -> str:
+    """The torch device of ``--device`` (auto: CUDA when present, else the CPU)."""
+    from ..runtime import resolve_device
+
+    return str(resolve_device(name, setting="--device"))
 
 
 def run(args: argparse.Namespace) -> int:
@@ -52,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
 
         model = build_model(preset(args.preset))
     det = Detector(
-        model, conf=cfg.conf, iou=cfg.iou, max_det=cfg.max_det, classes=cfg.class_list(),
+        model, conf=cfg.conf, iou=cfg.iou, max_det=cfg.max_det, classes=cfg.class_list(), agnostic=cfg.agnostic,
         device=cfg.device, threads=cfg.threads, batch_size=cfg.batch,
     )  # fmt: skip
     done = predict(det, sources, cfg)

@@ -10,6 +10,7 @@ from pathlib import Path
 from ..config import CropConfig, PretrainConfig
 from ..config.model import BACKBONE_NAMES
 from ..config.pretrain import DEFAULT_LR, DEFAULT_WEIGHT_DECAY, OPTIMIZERS, REFERENCE_BATCH
+from .flags import DEVICE_HELP, add_classes, add_flag, class_list
 
 CONFIG_ARGS = tuple(f.name for f in fields(PretrainConfig))
 
@@ -21,21 +22,21 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--width", type=float, default=None, help=f"width multiplier of MobileNetV1 (default: {D.width})")
     p.add_argument("--weights", default=None, help=f"imagenet | none | PATH to start from (default: {D.weights})")
     p.add_argument("--epochs", type=int, default=None, help=f"default: {D.epochs}")
-    p.add_argument("--batch-size", type=int, default=None, help=f"default: {D.batch_size}")
+    add_flag(p, "--batch", aliases=("--batch-size",), dest="batch_size", metavar="N", type=int, default=None, help=f"images per step (default: {D.batch_size})")
     p.add_argument("--optimizer", choices=OPTIMIZERS, default=None, help=f"default: {D.optimizer}")
     p.add_argument("--lr", type=float, default=None, help=(
-        f"peak learning rate; default for batch {REFERENCE_BATCH} (scaled linearly with --batch-size): "
+        f"peak learning rate; default for batch {REFERENCE_BATCH} (scaled linearly with --batch): "
         + ", ".join(f"{o} {d['pretrained']:g} / {d['scratch']:g}" for o, d in DEFAULT_LR.items())
         + " (from weights / from scratch)"))
     p.add_argument("--weight-decay", type=float, default=None, help=f"default: {DEFAULT_WEIGHT_DECAY['sgd']} sgd, {DEFAULT_WEIGHT_DECAY['adamw']} adamw")
     p.add_argument("--warmup-epochs", type=float, default=None, help=f"default: {D.warmup_epochs}")
     p.add_argument("--label-smoothing", type=float, default=None, help=f"default: {D.label_smoothing}")
     p.add_argument("--clip-grad", type=float, default=None, help=f"max gradient norm, 0 = off (default: {D.clip_grad})")
-    p.add_argument("--img-size", type=int, default=None, help=f"default: {D.img_size}")
+    add_flag(p, "--imgsz", aliases=("--img-size",), dest="img_size", metavar="SIZE", type=int, default=None, help=f"input size (default: {D.img_size})")
     p.add_argument("--val-split", type=float, default=None, help=f"held-out fraction when DATA_DIR has no val/ (default: {D.val_split})")
     p.add_argument("--workers", type=int, default=None, help=f"data loading processes (default: {D.workers})")
     p.add_argument("--seed", type=int, default=None, help=f"default: {D.seed}")
-    p.add_argument("--device", default=None, help=f"auto | cpu | cuda | cuda:N (default: {D.device})")
+    p.add_argument("--device", default=None, help=DEVICE_HELP)
     p.add_argument("--out", default=None, help="output folder (default: runs/pretrain/BACKBONE, numbered if taken)")
     p.add_argument("--resume", nargs="?", const=True, default=False, metavar="PATH",
                    help="continue the run in --out (its last.pth) or from PATH; only --epochs/--workers/--device may change")  # fmt: skip
@@ -44,7 +45,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--from-detection", metavar="SOURCE", help="detection dataset (COCO json, VOC or YOLO folder) whose object crops are the classes")
     g.add_argument("--from-split", default="train", help="split of SOURCE to crop; keep the detector's val/test images out (default: train)")
     g.add_argument("--crops-out", metavar="DIR", help="where the crop folder is written (default: OUT/crops); an existing crop folder is reused")
-    g.add_argument("--classes", nargs="+", metavar="NAME", help="only these classes of the detection dataset")
+    add_classes(g, help="keep only these classes of the detection dataset: names, space- or comma-separated")
     g.add_argument("--min-crop", type=int, default=C.min_size, help=f"skip boxes smaller than this many pixels (default: {C.min_size})")
     g.add_argument("--crop-margin", type=float, default=C.margin, help=f"context around each box, fraction of its size (default: {C.margin})")
     g.add_argument("--min-per-class", type=int, default=C.min_per_class, help=f"drop classes with fewer crops (default: {C.min_per_class})")
@@ -60,7 +61,7 @@ def _crops(args: argparse.Namespace, out_dir: Path) -> Path:
     cfg = CropConfig(
         min_size=args.min_crop, margin=args.crop_margin, min_per_class=args.min_per_class, max_per_class=args.max_per_class
     )
-    counts = detection_crops(args.from_detection, args.from_split, crops, cfg, classes=args.classes)
+    counts = detection_crops(args.from_detection, args.from_split, crops, cfg, classes=class_list(args.classes))
     if counts is None:
         print(f"using the existing crops in {crops} ({CROPS_MANIFEST} found)")
     else:

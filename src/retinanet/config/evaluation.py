@@ -16,6 +16,9 @@ class EvalConfig:
     conf: float | None = None
     """Score threshold of the model's detections for this evaluation (None = the model's own
     postprocess.score_thresh); the model's config is not changed."""
+    agnostic: bool | None = None
+    """Class-agnostic NMS for this evaluation (None = the model's own postprocess.agnostic,
+    per class by default); the model's config is not changed."""
     plot_conf: float = 0.25
     """Score threshold of the confusion matrix and the drawn images (metrics use every detection)."""
     match_iou: float = 0.5

@@ -1,12 +1,15 @@
 """Reading and writing configs: dataclass trees <-> plain dicts, YAML files and dotted
-``key=value`` overrides. An unknown key fails with the list of valid keys at that level;
-values of an override are parsed as YAML scalars, so ``train.lr=0.01``,
-``model.anchors.ratios=[0.5,1,2]`` and ``train.amp=false`` all work.
+``key=value`` overrides. An unknown key fails naming the closest valid key and the valid
+keys at that level; values of an override are parsed as YAML scalars, so
+``train.lr=0.01``, ``model.anchors.ratios=[0.5,1,2]`` and ``train.amp=false`` all work.
+On the command line, KEY_ALIASES (Ultralytics' spellings among them: ``imgsz=``,
+``batch=``, ``device=``, ...) stand for the full keys of a run's config.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import math
 import types
 import typing
@@ -18,6 +21,53 @@ import yaml
 
 class ConfigError(ValueError):
     """A configuration file or override that cannot be applied."""
+
+
+# Short keys of a run's config (RunConfig) accepted in ``key=value`` overrides.
+KEY_ALIASES = {
+    "epochs": "train.epochs",
+    "batch": "train.batch_size",
+    "lr": "train.lr",
+    "data": "data.source",
+    "imgsz": "model.input_size",
+    "device": "train.device",
+    "workers": "data.workers",
+    "patience": "train.patience",
+    "weights": "train.weights",
+}
+SUGGEST_CUTOFF = 0.6  # difflib's similarity below which no key is suggested
+
+
+def expand_aliases(items: list[str]) -> list[str]:
+    """``["imgsz=384", "train.lr=0.02"]`` -> ``["model.input_size=384", "train.lr=0.02"]``."""
+    out = []
+    for item in items:
+        key, sep, value = item.partition("=")
+        out.append(f"{KEY_ALIASES.get(key.strip(), key.strip())}{sep}{value}")
+    return out
+
+
+def leaf_keys(cfg: Any, prefix: str = "") -> list[str]:
+    """The dotted names of every leaf field of dataclass instance ``cfg``."""
+    out: list[str] = []
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        out += leaf_keys(value, f"{prefix}{f.name}.") if dataclasses.is_dataclass(value) else [prefix + f.name]
+    return out
+
+
+def closest_key(key: str, valid: list[str]) -> str | None:
+    """The valid dotted key most like ``key``, compared whole and by last component
+    (``lr0`` -> ``train.lr``, ``model.batch_size`` -> ``train.batch_size``); None if none is close."""
+    last = key.rsplit(".", 1)[-1]
+
+    def score(name: str) -> tuple[float, float]:
+        whole = difflib.SequenceMatcher(None, key, name).ratio()
+        part = difflib.SequenceMatcher(None, last, name.rsplit(".", 1)[-1]).ratio()
+        return max(whole, part), whole
+
+    best = max(valid, key=score, default=None)
+    return best if best is not None and score(best)[0] >= SUGGEST_CUTOFF else None
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:
@@ -112,18 +162,22 @@ def from_dict(cls: type, data: dict[str, Any], where: str = "") -> Any:
     return cls(**kwargs)
 
 
-def merge(cfg: Any, data: dict[str, Any], where: str = "") -> Any:
-    """Apply a (possibly partial, nested) mapping onto an existing dataclass instance."""
+def merge(cfg: Any, data: dict[str, Any], where: str = "", root: Any = None) -> Any:
+    """Apply a (possibly partial, nested) mapping onto an existing dataclass instance
+    (``root``: the tree's top, whose keys an unknown key is compared with)."""
     types_ = _field_types(type(cfg))
+    root = cfg if root is None else root
     for key, value in data.items():
         path = f"{where}.{key}" if where else key
         if key not in types_:
+            guess = closest_key(path, leaf_keys(root))
             raise ConfigError(
-                f"unknown key {path!r}; valid keys{' under ' + where if where else ''}: {', '.join(types_)}"
+                f"unknown key {path!r}; {f'did you mean {guess}? ' if guess else ''}"
+                f"valid keys{' under ' + where if where else ''}: {', '.join(types_)}"
             )
         current = getattr(cfg, key)
         if dataclasses.is_dataclass(current) and isinstance(value, dict):
-            merge(current, value, path)
+            merge(current, value, path, root)
         else:
             setattr(cfg, key, _coerce(value, types_[key], path))
     return cfg

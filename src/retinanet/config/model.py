@@ -118,6 +118,8 @@ class PostprocessConfig:
     """IoU above which NMS suppresses a box of the same class (paper: 0.5)."""
     max_detections: int = 100
     """Detections kept per image (paper: 100)."""
+    agnostic: bool = False
+    """Class-agnostic NMS: a box also suppresses overlapping boxes of other classes (off: per class, the paper)."""
 
 
 @dataclass

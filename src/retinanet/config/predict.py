@@ -10,11 +10,15 @@ class PredictConfig:
     out: str = "runs/predict"
     """Output folder: annotated images and videos, labels/, detections.json."""
     conf: float | None = None
-    """Score threshold (unset: the model's, 0.05)."""
+    """Score threshold (unset: the one stored in the checkpoint or exported model, else fallback_conf)."""
+    fallback_conf: float = 0.25
+    """Score threshold of a model that stores none, when conf is unset."""
     iou: float | None = None
     """NMS IoU threshold (unset: the model's, 0.5)."""
     max_det: int | None = None
     """Detections kept per image (unset: the model's, 100)."""
+    agnostic: bool | None = None
+    """Class-agnostic NMS: a box also suppresses overlapping boxes of other classes (unset: the model's, per class)."""
     classes: str = ""
     """Keep only these classes: comma-separated names or indices (empty: all)."""
     batch: int = 8
@@ -27,8 +31,8 @@ class PredictConfig:
     """Append the score to each YOLO txt line."""
     max_frames: int | None = None
     """Stop a video or webcam after this many frames (unset: all)."""
-    device: str = "cpu"
-    """Torch device for checkpoints."""
+    device: str = "auto"
+    """Torch device for checkpoints: auto (CUDA when present, else the CPU), cpu, cuda or cuda:N."""
     threads: int | None = None
     """ONNX Runtime intra-op threads (unset: torch's thread count)."""
     verbose: bool = False

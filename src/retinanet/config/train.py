@@ -13,7 +13,8 @@ class AugmentConfig:
     """Training augmentation (torchvision.transforms.v2, box-aware). Evaluation only letterboxes.
 
     Order: [IoU crop] -> resize (longer side = input_size * zoom) -> flip -> random crop /
-    pad to input_size (or a 4-image mosaic) -> colour jitter -> clip boxes, drop tiny ones.
+    pad to input_size, or to ``crop`` when set (or a 4-image mosaic) -> colour jitter -> clip
+    boxes, drop tiny ones.
     See docs/augmentation.md.
     """
 
@@ -29,6 +30,10 @@ class AugmentConfig:
     """Hue jitter (fraction of the colour wheel, as ColorJitter's hue); about 3 ms per 320 px image on a CPU core."""
     mosaic: float = 0.0
     """Probability of a 4-image mosaic (each image decoded and resized: about 4x the data cost)."""
+    crop: int = 0
+    """Train on random crop x crop windows of the image resized to input_size (0 = the whole
+    input_size canvas). Objects keep input_size's scale while a step costs what crop px costs;
+    validation and inference still see the whole image at input_size."""
     min_box_size: float = 2.0
     """Boxes narrower or shorter than this many input pixels after augmentation are dropped (>= 1)."""
 
@@ -83,6 +88,9 @@ class TrainConfig:
     """The EMA decay ramps up as decay * (1 - exp(-updates / tau)) so early epochs are usable."""
     amp: str = "auto"
     """'auto' (bf16 on CUDA/CPUs with native bf16, else off), 'off', 'bf16' or 'fp16' (CUDA only)."""
+    weights: str = ""
+    """A trained detector (best.pt or last.pt) to fine-tune from: layers that fit are loaded,
+    the class predictor restarts when the class count differs, its anchors are kept."""
     freeze_backbone_epochs: int = 0
     """Keep the backbone frozen (weights and batch norm) for this many first epochs."""
     seed: int = 0
@@ -93,8 +101,13 @@ class TrainConfig:
     """Convert batch norm to SyncBatchNorm under torchrun (CUDA only)."""
     eval_every: int = 1
     """Validate every this many epochs (and always after the last)."""
+    patience: int = 0
+    """Stop when the validation AP has not improved for this many epochs (0 = never); the
+    run still writes results.csv and evaluates best.pt at the end."""
     max_nonfinite: int = 20
     """Stop with an error after this many consecutive steps with a non-finite loss or gradient."""
+    loggers: tuple[str, ...] = ("tensorboard",)
+    """Experiment trackers besides results.csv and steps.csv: 'tensorboard' (event files in the run folder), 'mlflow'."""
     out: str = "runs/train"
     """Folder that holds one sub-folder per run."""
     name: str = ""

@@ -7,13 +7,16 @@ Confinement: an image path written *inside* an annotation (a VOC ``<filename>``,
 to, or it is the error OUTSIDE_ROOT and the file is never opened or stat'ed. The test
 is lexical (``..`` collapsed, absolute names taken as they are): symlinks the user put
 inside the folder are followed as laid out. Paths the user writes in a spec or
-data.yaml are the user's choice and are not confined.
+data.yaml are the user's choice and are not confined; but when such a path is absolute
+and does not exist (a data.yaml written on another machine), its trailing components are
+looked for only under the yaml's folder (spec_path).
 """
 
 from __future__ import annotations
 
 import os
-from pathlib import Path, PurePath
+from pathlib import Path, PurePath, PurePosixPath, PureWindowsPath
+from typing import Any
 
 from tqdm import tqdm
 
@@ -70,6 +73,67 @@ def inside_root(root: Path, name: str | Path) -> Path | None:
     absolute ``name`` or one that climbs out with ``..`` is refused."""
     path = root / name
     return path if lies_inside(path, root) else None
+
+
+def foreign_parts(value: str) -> tuple[str, ...] | None:
+    """The components after the anchor of an absolute path as written on any machine
+    (``/content/drive/x``, ``C:\\data\\x``, ``\\\\server\\share\\x``), or None when
+    ``value`` is relative."""
+    windows = PureWindowsPath(value)
+    if windows.drive or value.startswith("\\"):
+        return windows.parts[1:]
+    posix = PurePosixPath(value)
+    return posix.parts[1:] if posix.is_absolute() else None
+
+
+def relocated(parts: tuple[str, ...], folder: Path) -> Path | None:
+    """An existing ``folder / <trailing components of parts>``, the longest such suffix
+    first (``a/b/train/images`` -> ``folder/b/train/images``, then ``folder/train/images``,
+    then ``folder/images``), or None. A suffix that would leave ``folder`` (``..``) is never
+    tried: what a data.yaml from another machine names is looked for only under its folder."""
+    for k in range(len(parts), 0, -1):
+        candidate = folder.joinpath(*parts[-k:])
+        if lies_inside(candidate, folder) and candidate.exists():
+            return candidate
+    return None
+
+
+def spec_path(root: Path, value: Any, where: str, moved: tuple[Path, list[str]] | None = None) -> Path:
+    """A path written in a spec or data.yaml: ``value`` relative to ``root``. ``moved`` =
+    (the yaml's folder, notes): an absolute path that does not exist here (a data.yaml
+    written on another machine) is looked for under the yaml's folder by its trailing
+    components (relocated), and what was used instead is added to the notes."""
+    if not isinstance(value, str) or not value:
+        raise DataError(f"{where}: expected a path, got {value!r}")
+    p = Path(value).expanduser()
+    foreign = foreign_parts(str(p))
+    if foreign is None:
+        if not (root / p).exists() and value.startswith("../") and (root / value[3:]).exists():
+            # Roboflow's data.yaml says '../train/images' for root/train/images; Ultralytics
+            # accepts that the same way.
+            return root / value[3:]
+        return root / p
+    if (p.is_absolute() and p.exists()) or moved is None:
+        return p
+    folder, notes = moved
+    found = relocated(foreign, folder)
+    if found is None:
+        raise DataError(f"{where}: {value} does not exist, nor does any trailing part of it under {folder}")
+    notes.append(f"{where}: {value} does not exist; using {found}")
+    return found
+
+
+def spec_root(path: Path, value: Any, notes: list[str]) -> Path:
+    """The dataset root a spec names (``root`` / ``path``), relative to the yaml's folder;
+    an absolute root of another machine found nowhere under that folder is the folder."""
+    folder = path.parent
+    if value in (None, ""):
+        return folder
+    try:
+        return spec_path(folder, str(value), f"{path}: root", (folder, notes))
+    except DataError:
+        notes.append(f"{path}: root {value} does not exist; using the yaml's folder {folder}")
+        return folder
 
 
 def file_inside(root: Path, name: str | Path) -> bool:

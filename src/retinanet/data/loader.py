@@ -148,7 +148,7 @@ class AugmentedDataset(Dataset):
             if t.mosaic > 0 and float(torch.rand(())) < t.mosaic:
                 others = torch.randint(0, len(self), (3,)).tolist()
                 tiles = [t.prepare(*self.load(j)) for j in [index, *others]]
-                sample = mosaic(tiles, self.input_size, random_centre(self.input_size))
+                sample = mosaic(tiles, t.canvas, random_centre(t.canvas))
             else:
                 sample = t.place(*t.prepare(*self.load(index)))
             image, boxes, labels, scale = unpack(t.finish(*sample))

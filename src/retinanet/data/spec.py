@@ -5,7 +5,8 @@ A source is one of
 
 - a folder, recognised by its layout (a ``dataset.yaml`` or ``data.yaml`` in it wins):
   COCO  ``annotations/*.json`` (``instances_*.json`` preferred), images beside them;
-  VOC   ``Annotations/`` or ``annotations/`` (or the folder itself) holding ``*.xml``,
+  VOC   ``*.xml`` in ``Annotations/``, ``annotations/``, the folder itself, or the one
+        sub-folder of xml files beside an image folder (``annots/`` + ``images/``),
         with split lists in ``ImageSets/Main/<split>.txt`` or ``[data/]<split>_labels.csv``;
   YOLO  ``images/`` + ``labels/``, split by sub-folders (``images/train``, ...);
 - a COCO ``.json`` file;
@@ -25,6 +26,7 @@ json, a VOC folder without lists) gives all its images for any split, with a war
 from __future__ import annotations
 
 import re
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,9 +36,9 @@ import yaml
 from .check import check_mode, validate
 from .coco import read_coco
 from .dataset import DetectionDataset
-from .files import read_annotation
+from .files import read_annotation, spec_path, spec_root
 from .report import DataError, DataReport
-from .voc import read_voc
+from .voc import read_voc, xml_folder_beside_images
 from .yolo import find_class_file, read_class_file, read_yolo
 
 FORMATS = ("coco", "voc", "yolo")
@@ -71,6 +73,8 @@ class DatasetSpec:
     splits: dict[str, SplitSpec] = field(default_factory=dict)
     file: Path | None = None
     """The spec file this came from, if any."""
+    notes: list[str] = field(default_factory=list)
+    """Paths of the spec file that did not exist and what was used instead (warnings)."""
 
 
 def canonical_split(name: str) -> str:
@@ -96,7 +100,7 @@ def _voc_annotation_dir(root: Path) -> Path | None:
     for d in (root / "Annotations", root / "annotations", root):
         if d.is_dir() and any(p.suffix.lower() == ".xml" for p in d.iterdir()):
             return d
-    return None
+    return xml_folder_beside_images(root)
 
 
 def _voc_lists(root: Path) -> dict[str, Path]:
@@ -145,9 +149,9 @@ def detect_layout(root: Path) -> DatasetSpec:
         names = read_class_file(class_file) if class_file else None
         return DatasetSpec("yolo", root, names=names, splits=splits)
     raise DataError(
-        f"{root}: cannot tell the dataset format. Expected annotations/*.json (COCO), Annotations/ or "
-        f"annotations/ with .xml files (VOC), images/ + labels/ (YOLO), or a {SPEC_FILE} / {YOLO_DATA_FILE} "
-        "naming the format"
+        f"{root}: cannot tell the dataset format. Expected annotations/*.json (COCO), Annotations/, "
+        "annotations/ or one other folder of .xml files beside the images (VOC), images/ + labels/ (YOLO), "
+        f"or a {SPEC_FILE} / {YOLO_DATA_FILE} naming the format"
     )
 
 
@@ -189,20 +193,9 @@ def _parse_names(value: Any, where: Path) -> list[str] | None:
     raise DataError(f"{where}: 'names' must be a list or a mapping {{index: name}}")
 
 
-def _path(root: Path, value: Any, where: str) -> Path:
-    if not isinstance(value, str) or not value:
-        raise DataError(f"{where}: expected a path, got {value!r}")
-    p = Path(value).expanduser()
-    if p.is_absolute():
-        return p
-    if not (root / p).exists() and value.startswith("../") and (root / value[3:]).exists():
-        # Roboflow's data.yaml says '../train/images' for root/train/images; Ultralytics
-        # accepts that the same way.
-        return root / value[3:]
-    return root / p
-
-
-def _split_from_value(fmt: str, value: Any, root: Path, default: DatasetSpec | None, where: str) -> SplitSpec:
+def _split_from_value(
+    fmt: str, value: Any, root: Path, default: DatasetSpec | None, where: str, moved: tuple[Path, list[str]]
+) -> SplitSpec:
     default_ann = None
     if default is not None and default.format == fmt and default.splits:
         default_ann = next(iter(default.splits.values())).annotations
@@ -213,17 +206,17 @@ def _split_from_value(fmt: str, value: Any, root: Path, default: DatasetSpec | N
         images = value.get("images")
         image_list = images if isinstance(images, list) else ([images] if images else [])
         ss = SplitSpec(
-            images=[_path(root, v, f"{where}.images") for v in image_list],
-            annotations=_path(root, value["annotations"], f"{where}.annotations") if value.get("annotations") else None,
-            list=_path(root, value["list"], f"{where}.list") if value.get("list") else None,
-            labels=_path(root, value["labels"], f"{where}.labels") if value.get("labels") else None,
+            images=[spec_path(root, v, f"{where}.images", moved) for v in image_list],
+            annotations=spec_path(root, value["annotations"], f"{where}.annotations", moved) if value.get("annotations") else None,
+            list=spec_path(root, value["list"], f"{where}.list", moved) if value.get("list") else None,
+            labels=spec_path(root, value["labels"], f"{where}.labels", moved) if value.get("labels") else None,
         )
     elif isinstance(value, list):
         if fmt != "yolo":
             raise DataError(f"{where}: a list of paths is only meaningful for YOLO image folders")
-        ss = SplitSpec(images=[_path(root, v, where) for v in value])
+        ss = SplitSpec(images=[spec_path(root, v, where, moved) for v in value])
     else:
-        p = _path(root, value, where)
+        p = spec_path(root, value, where, moved)
         if fmt == "coco":
             ss = SplitSpec(annotations=p)
         elif fmt == "voc":
@@ -249,8 +242,8 @@ def read_spec(path: str | Path) -> DatasetSpec:
         raise DataError(f"{path}: not valid YAML: {e}") from None
     if not isinstance(data, dict):
         raise DataError(f"{path}: expected a mapping (format, root, names, train, val, ...)")
-    root_value = data.get("root", data.get("path"))
-    root = path.parent if root_value in (None, "") else _path(path.parent, str(root_value), f"{path}: root")
+    notes: list[str] = []
+    root = spec_root(path, data.get("root", data.get("path")), notes)
     if not root.is_dir():
         raise FileNotFoundError(f"{path}: root folder {root} not found")
     names = _parse_names(data.get("names"), path)
@@ -278,14 +271,14 @@ def read_spec(path: str | Path) -> DatasetSpec:
     for key, value in data.items():
         if key in SPEC_KEYS or key in IGNORED_KEYS or value in (None, ""):
             continue  # Ultralytics leaves unused splits empty (`test:`)
-        splits[str(key)] = _split_from_value(fmt, value, root, detected, f"{path}: {key}")
+        splits[str(key)] = _split_from_value(fmt, value, root, detected, f"{path}: {key}", (path.parent, notes))
     if not splits:
         if detected is None or detected.format != fmt:
             raise DataError(f"{path}: names no splits (train, val, test)")
         splits = detected.splits
     if names is None and detected is not None and detected.format == fmt:
         names = detected.names
-    return DatasetSpec(fmt, root, names, splits, path)
+    return DatasetSpec(fmt, root, names, splits, path, notes)
 
 
 def write_spec(path: str | Path, fmt: str, class_names: list[str], splits: dict[str, dict[str, str]]) -> Path:
@@ -400,6 +393,9 @@ def load_dataset(
     mode = check_mode(check)
     spec = resolve_source(source)
     report = DataReport(source=str(source), split=split, format=spec.format, mode=mode)
+    for note in spec.notes:  # a data.yaml from another machine: where its paths were found here
+        report.warning("path not found", spec.file or source, note.removeprefix(f"{spec.file}: "))
+        warnings.warn(note, stacklevel=2)
     ds = read_split(spec, split, class_names, report, progress, allow_outside_root)
     ds = validate(ds, report, mode, progress)
     if not ds.records:

@@ -141,6 +141,8 @@ def _check_augment(cfg: AugmentConfig) -> None:
         raise ValueError(f"augment.hue must be in [0, 0.5], got {cfg.hue}")
     if len(cfg.scale) != 2:
         raise ValueError(f"augment.scale must be two numbers (low, high), got {cfg.scale}")
+    if cfg.crop < 0 or cfg.crop % 32:
+        raise ValueError(f"augment.crop must be 0 (off) or a positive multiple of 32 pixels, got {cfg.crop}")
     if cfg.min_box_size < 1:
         # SanitizeBoundingBoxes' floor: a box under one pixel has no content to learn from.
         raise ValueError(f"augment.min_box_size must be >= 1 pixel, got {cfg.min_box_size}")
@@ -150,7 +152,9 @@ class DetectionTransforms:
     """The training or evaluation pipeline, in three stages so mosaic can reuse them.
 
     ``prepare``: per source image: [IoU crop], resize to about the input size, [flip].
-    ``place``: one prepared image onto the size x size canvas (random crop / pad).
+    ``place``: one prepared image onto the canvas x canvas square (random crop / pad); the
+    canvas is ``size``, or ``cfg.crop`` in training when set (smaller windows of the image at
+    ``size``'s scale).
     ``finish``: colour jitter, clip boxes, drop tiny boxes, uint8 -> float.
     Calling the object runs all three on one sample.
     """
@@ -159,6 +163,9 @@ class DetectionTransforms:
         cfg = cfg if cfg is not None else AugmentConfig()
         _check_augment(cfg)
         self.size, self.train, self.cfg = size, train, cfg
+        self.canvas = cfg.crop if train and cfg.crop else size
+        if self.canvas > size:
+            raise ValueError(f"augment.crop ({cfg.crop}) must not exceed the input size ({size})")
         self.mosaic = cfg.mosaic if train else 0.0
         prepare: list[Any] = []
         finish: list[Any] = []
@@ -180,7 +187,7 @@ class DetectionTransforms:
             v2.ToDtype({tv_tensors.Image: torch.float32, "others": None}, scale=True),
         ]
         self.prepare = v2.Compose(prepare)
-        self.place = CropOrPad(size, random=train)
+        self.place = CropOrPad(self.canvas, random=train)
         self.finish = v2.Compose(finish)
 
     def __call__(self, image: tv_tensors.Image, target: dict[str, Any]) -> Sample:

@@ -146,11 +146,28 @@ def read_split_list(path: str | Path) -> list[str]:
     return list(dict.fromkeys(keys))
 
 
+def _holds(folder: Path, suffixes: tuple[str, ...]) -> bool:
+    """Whether ``folder`` has a file directly in it ending in one of ``suffixes``."""
+    return folder.is_dir() and any(p.suffix.lower() in suffixes for p in folder.iterdir())
+
+
+def xml_folder_beside_images(root: Path) -> Path | None:
+    """The one sub-folder of ``root`` holding .xml files, when another sub-folder holds
+    images (``annots/`` + ``images/``, as some public datasets ship VOC files); else None."""
+    subdirs = sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+    xml = [d for d in subdirs if _holds(d, (".xml",))]
+    if len(xml) == 1 and any(_holds(d, IMAGE_SUFFIXES) for d in subdirs if d != xml[0]):
+        return xml[0]
+    return None
+
+
 def guess_images_dir(ann_dir: Path, probe: list[str]) -> Path:
-    """JPEGImages (the devkit), images, the annotation folder itself, or its parent: the
-    first holding one of the ``probe`` names (names leaving a candidate do not count)."""
+    """JPEGImages (the devkit), images, the annotation folder itself, its parent, or another
+    folder beside it: the first holding one of the ``probe`` names (names leaving a
+    candidate do not count)."""
     root = ann_dir.parent
     candidates = [root / "JPEGImages", root / "images", ann_dir, root]
+    candidates += sorted(d for d in root.iterdir() if d.is_dir() and d not in candidates) if root.is_dir() else []
     for c in candidates:
         if any(file_inside(c, f) for f in probe):
             return c

@@ -29,7 +29,7 @@ from ..config.evaluation import EvalConfig
 from ..data.dataset import DetectionDataset
 from ..postprocess import Detections
 from .coco import METRIC_NAMES, detections_to_coco, load_ground_truth, metrics_of, per_class_table, run_cocoeval
-from .loop import label_mapping, predict_dataset, remap_labels
+from .loop import label_mapping, predict_dataset, remap_labels, score_floor
 from .report import EvalReport, write_report
 
 __all__ = ["METRIC_NAMES", "EvalConfig", "EvalReport", "evaluate", "score_detections"]
@@ -51,13 +51,18 @@ def score_detections(
     out_dir: str | Path | None = None,
     plots: bool = True,
     verbose: bool = False,
+    conf_threshold: float | None = None,
+    score_floor: float = 0.0,
 ) -> EvalReport:
     """COCO metrics of ``detections`` (one per record, labels in the dataset's 0..K-1,
     boxes xyxy in original pixels) against the dataset's ground truth.
 
     With out_dir, writes ground_truth.json, detections.json (COCO results), metrics.json,
-    per_class.csv, per_class.txt and, with plots, pr_curves.png, confusion_matrix.png /
-    .csv and samples/*.png (ground truth | predictions). ``verbose`` lets pycocotools print.
+    per_class.csv, per_class.txt and, with plots, pr_curves.png, F1_curve.png,
+    P_curve.png, R_curve.png, confusion_matrix.png / .csv and samples/*.png (ground truth
+    | predictions). The F1 / P / R curves mark ``conf_threshold`` (a checkpoint's), else the
+    F1-best threshold of these detections (``score_floor``: the score threshold they were
+    made with). ``verbose`` lets pycocotools print.
     """
     cfg = cfg or EvalConfig()
     _check_evaluable(dataset)
@@ -68,7 +73,7 @@ def score_detections(
     E = run_cocoeval(coco_gt, results, verbose)
     report = EvalReport(metrics_of(E), per_class_table(E), cocoeval=E)
     if out_dir is not None:
-        report.files = write_report(Path(out_dir), report, dataset, detections, results, cfg, plots)
+        report.files = write_report(Path(out_dir), report, dataset, detections, results, cfg, plots, conf_threshold, score_floor)
     return report
 
 
@@ -89,7 +94,8 @@ def evaluate(
     Runs the model in eval mode (its training mode is restored, its config unchanged),
     batched as ``cfg`` says, with a tqdm bar; the first ``max_images`` records only when
     given. The model's labels are mapped to the dataset's by class name. With out_dir,
-    writes the files listed in score_detections (the plots only when ``plots``).
+    writes the files listed in score_detections (the plots only when ``plots``); the
+    curves mark the model's ``conf_threshold`` (a checkpoint's) when it has one.
     """
     cfg = cfg or EvalConfig()
     if max_images is not None:
@@ -99,4 +105,7 @@ def evaluate(
     _check_evaluable(dataset)  # before spending time on inference
     mapping = label_mapping(model.class_names, dataset)
     detections = predict_dataset(model, dataset.records, cfg, progress)
-    return score_detections(dataset, remap_labels(detections, mapping), cfg, out_dir=out_dir, plots=plots, verbose=verbose)
+    return score_detections(
+        dataset, remap_labels(detections, mapping), cfg, out_dir=out_dir, plots=plots, verbose=verbose,
+        conf_threshold=getattr(model, "conf_threshold", None), score_floor=score_floor(model, cfg),
+    )  # fmt: skip

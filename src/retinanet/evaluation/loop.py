@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import warnings
-from typing import Iterable, Sequence
+from typing import Callable, Iterable, Sequence
 
 import torch
 from torch import Tensor
@@ -44,17 +44,37 @@ def _size_mismatches(records: Sequence[Record], sizes: Tensor) -> list[str]:
 
 
 def _postprocess_config(model: torch.nn.Module, cfg: EvalConfig) -> PostprocessConfig:
-    """The model's post-processing with cfg.conf as score threshold, for this run only."""
-    post = model.cfg.postprocess
-    return post if cfg.conf is None else dataclasses.replace(post, score_thresh=cfg.conf)
+    """The model's post-processing with cfg.conf as score threshold and cfg.agnostic as its
+    NMS mode (when set), for this run only."""
+    changes: dict[str, object] = {}
+    if cfg.conf is not None:
+        changes["score_thresh"] = cfg.conf
+    if cfg.agnostic is not None:
+        changes["agnostic"] = cfg.agnostic
+    return dataclasses.replace(model.cfg.postprocess, **changes)  # type: ignore[arg-type]
+
+
+# Called with each batch's first record index, the model's raw outputs, the input (H, W)
+# and the scales (N,): training's validation computes its loss from the same forward pass.
+OutputsHook = Callable[[int, tuple[Tensor, Tensor], tuple[int, int], Tensor], None]
+
+
+def score_floor(model: torch.nn.Module, cfg: EvalConfig) -> float:
+    """The lowest score a detection of this evaluation can have."""
+    return cfg.conf if cfg.conf is not None else model.cfg.postprocess.score_thresh
 
 
 def predict_dataset(
-    model: torch.nn.Module, records: Sequence[Record], cfg: EvalConfig | None = None, progress: bool = True
+    model: torch.nn.Module,
+    records: Sequence[Record],
+    cfg: EvalConfig | None = None,
+    progress: bool = True,
+    on_outputs: OutputsHook | None = None,
 ) -> list[Detections]:
     """Run ``model`` (a RetinaNet) over the records' images; one Detections per record,
     boxes in original pixels, on the CPU, labels in the model's 0..K-1. The model's
-    training mode is restored and its config left unchanged."""
+    training mode is restored and its config left unchanged. ``on_outputs`` sees every
+    batch's raw outputs (under no_grad, the model in eval mode)."""
     cfg = cfg or EvalConfig()
     if cfg.batch_size < 1 or cfg.workers < 0:
         raise ValueError(f"batch_size must be >= 1 and workers >= 0, got {cfg.batch_size} and {cfg.workers}")
@@ -80,7 +100,10 @@ def predict_dataset(
                 mismatched += _size_mismatches(records[len(detections) : len(detections) + len(images)], sizes)
                 images = images.to(device, non_blocking=True)
                 image_hw = tuple(images.shape[-2:])
-                out = model.postprocess(model(images), image_hw, scales.to(device), sizes.to(device), post=post)
+                outputs = model(images)
+                if on_outputs is not None:
+                    on_outputs(len(detections), outputs, image_hw, scales)
+                out = model.postprocess(outputs, image_hw, scales.to(device), sizes.to(device), post=post)
                 detections.extend(Detections(d.boxes.cpu(), d.scores.cpu(), d.labels.cpu()) for d in out)
                 bar.update(len(images))
     finally:

@@ -1,5 +1,6 @@
-"""Evaluation plots written to disk: precision-recall curves, confusion matrices, and
-images with ground truth and predictions drawn side by side.
+"""Evaluation plots written to disk: precision-recall curves, precision / recall / F1
+against the confidence threshold, confusion matrices, and images with ground truth and
+predictions drawn side by side.
 
 A module of plain functions: each takes arrays (numpy / torch) and a path and writes
 one PNG. Figures come from figures.py (Agg canvas, user strings drawn literally); boxes are
@@ -71,6 +72,45 @@ def plot_pr_curves(
 
 
 @literal_text
+def plot_confidence_curve(
+    path: str | Path,
+    confidence: np.ndarray,
+    per_class: np.ndarray,
+    overall: np.ndarray,
+    class_names: Sequence[str],
+    ylabel: str,
+    mark: tuple[float, float, str] | None = None,
+) -> Path:
+    """``ylabel`` (precision, recall or F1) against the confidence threshold: one line per
+    class (``per_class`` (K, C) over ``confidence`` (C,); rows without a finite value are
+    skipped; coloured with a legend up to MAX_LEGEND_CLASSES classes, grey above) and the
+    all-classes curve ``overall`` (C,) in bold. ``mark``: (threshold, the all-classes value
+    there, what chose it), drawn as a dashed line and a point."""
+    confidence, per_class = np.asarray(confidence, float), np.asarray(per_class, float)
+    if per_class.shape != (len(class_names), len(confidence)):
+        raise ValueError(f"{ylabel}: curves of shape {per_class.shape}, expected {(len(class_names), len(confidence))}")
+    fig = figure(figsize=(6.5, 5.5))
+    ax = fig.subplots()
+    present = [k for k in range(len(class_names)) if np.isfinite(per_class[k]).any()]
+    legend = len(present) <= MAX_LEGEND_CLASSES
+    for k in present:
+        if legend:
+            ax.plot(confidence, per_class[k], lw=1.2, color=np.array(class_color(k)) / 255, label=str(class_names[k]))
+        else:
+            ax.plot(confidence, per_class[k], lw=0.6, color="0.7")
+    ax.plot(confidence, overall, lw=2.5, color="tab:blue", label="all classes")
+    if mark is not None:
+        t, value, chosen = mark
+        ax.axvline(t, color="tab:red", ls="--", lw=1.2, label=f"threshold {t:.3f} ({chosen}): {ylabel} {value:.3f}")
+        ax.plot([t], [value], "o", color="tab:red", ms=6)
+    ax.set(xlim=(0, 1), ylim=(0, 1.02), xlabel="confidence", ylabel=ylabel, title=f"{ylabel} against confidence")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower left" if ylabel != "precision" else "lower right", fontsize=8)
+    fig.tight_layout()
+    return save_figure(fig, path)
+
+
+@literal_text
 def plot_confusion_matrix(
     path: str | Path,
     matrix: np.ndarray,
@@ -120,10 +160,12 @@ def plot_confusion_matrix(
 
 
 def _draw_panel(
-    image: Tensor, boxes: Tensor, labels: list[str], colors: list[tuple[int, int, int]], caption: str
+    image: Tensor, boxes: Tensor, labels: list[str], colors: list[tuple[int, int, int]], caption: str,
+    scores: list[float] | None = None,
 ) -> Tensor:
-    """(3, H, W) uint8 -> (3, HEADER_PX + H, W) uint8 with boxes and a caption strip."""
-    image = draw_boxes(image, boxes, labels, colors)
+    """(3, H, W) uint8 -> (3, HEADER_PX + H, W) uint8 with boxes (with ``scores``, the best on
+    top) and a caption strip."""
+    image = draw_boxes(image, boxes, labels, colors, scores=scores)
     strip = Image.new("RGB", (image.shape[-1], HEADER_PX), (255, 255, 255))
     ImageDraw.Draw(strip).text((4, 3), caption, fill=(0, 0, 0), font=ImageFont.truetype(font_path(), 14))
     header = torch.from_numpy(np.asarray(strip).copy()).permute(2, 0, 1)  # (H, W, 3) -> (3, H, W)
@@ -165,7 +207,8 @@ def draw_side_by_side(
     det_colors = [class_color(i) for i in det_labels[keep].tolist()]
     left = _draw_panel(image, gt_boxes, gt_text, gt_colors, f"ground truth ({int((~gt_ignore).sum())})")
     right = _draw_panel(
-        image, det_boxes[keep], det_text, det_colors, f"predictions >= {score_thresh:g} ({int(keep.sum())})"
+        image, det_boxes[keep], det_text, det_colors, f"predictions >= {score_thresh:g} ({int(keep.sum())})",
+        scores=det_scores[keep].tolist(),
     )
     gap = torch.full((3, left.shape[1], GAP_PX), 255, dtype=torch.uint8)
     return torch.cat([left, gap, right], dim=2)

@@ -19,6 +19,7 @@ from ..data.images import read_image
 from ..postprocess import Detections
 from .coco import METRIC_DESCRIPTIONS, METRIC_NAMES, NO_GROUND_TRUTH, iou_index
 from .confusion import confusion_matrix
+from .threshold import ConfidenceCurves, curves_on, threshold_on
 
 TABLE_COLUMNS = ("class", "category_id", "images", "instances", "detections", "AP", "AP50", "AP75", "AR100")
 BACKGROUND_NAME = "background"
@@ -36,6 +37,10 @@ class EvalReport:
     """Name -> path of every file written (empty without an output folder)."""
     cocoeval: COCOeval | None = None
     """pycocotools' evaluated, accumulated and summarized COCOeval."""
+    conf_threshold: dict[str, Any] | None = None
+    """With plots: the confidence threshold marked on the F1 / P / R curves (the checkpoint's
+    conf_threshold, else the F1-best of these detections) and the all-classes F1,
+    precision and recall there (None where no detection is kept)."""
 
 
 # ----------------------------------------------------------------------------- text
@@ -89,11 +94,18 @@ def write_report(
     results: list[dict[str, Any]],
     cfg: EvalConfig,
     plots: bool = True,
+    threshold: float | None = None,
+    floor: float = 0.0,
 ) -> dict[str, Path]:
     """Writes ground_truth.json, detections.json (``results``), metrics.json, per_class.csv,
-    per_class.txt and, with plots, the files of write_plots into ``out``; returns name -> path."""
+    per_class.txt and, with plots, the files of write_plots and the F1 / P / R curves into
+    ``out``; returns name -> path. ``threshold``: the model's stored confidence threshold,
+    marked on the curves (else the F1-best one, placed above ``floor``, the detections'
+    score threshold)."""
     E = report.cocoeval
     out.mkdir(parents=True, exist_ok=True)
+    if plots:
+        report.conf_threshold, curves = marked_threshold(dataset, detections, threshold, floor)
     files = {
         "ground_truth": _write_json(out / "ground_truth.json", E.cocoGt.dataset, indent=None),
         "detections": _write_json(out / "detections.json", results, indent=None),
@@ -107,6 +119,7 @@ def write_report(
                 "ignored": dataset.num_boxes(include_ignored=True) - dataset.num_boxes(),
                 "detections": len(results),
                 "evaluator": "pycocotools COCOeval (bbox)",
+                **({"conf_threshold": report.conf_threshold} if report.conf_threshold else {}),
             },
         ),
         "per_class_csv": _write_csv(
@@ -117,6 +130,7 @@ def write_report(
     files["per_class_txt"] = out / "per_class.txt"
     if plots:
         files.update(write_plots(out, dataset, detections, E, cfg))
+        files.update(write_confidence_curves(out, dataset.class_names, curves, report.conf_threshold))
     return files
 
 
@@ -176,4 +190,48 @@ def _write_samples(
             score_thresh=cfg.plot_conf,
         )
         files[f"sample_{i}"] = plots.save_image(image, folder / f"{rec.image_id}_{rec.image_path.stem}.png")
+    return files
+
+
+# ----------------------------------------------------------------------------- confidence curves
+
+CURVES = (("F1_curve", "F1", "f1"), ("P_curve", "precision", "precision"), ("R_curve", "recall", "recall"))
+
+
+def _number(v: float) -> float | None:
+    return float(v) if np.isfinite(v) else None
+
+
+def marked_threshold(
+    dataset: DetectionDataset, detections: Sequence[Detections], stored: float | None, floor: float = 0.0
+) -> tuple[dict[str, Any], ConfidenceCurves]:
+    """The threshold the confidence curves mark: ``stored`` (a checkpoint's conf_threshold)
+    when given, else the F1-best of these detections (threshold.py), with the all-classes
+    F1, precision and recall of the detections it keeps; and the curves, read at it exactly."""
+    if stored is not None:
+        t, chosen = float(stored), "checkpoint"
+    else:
+        t, chosen = threshold_on(dataset.records, detections, floor=floor).threshold, "best F1"
+    curves = curves_on(dataset.records, detections, len(dataset.class_names), marks=[t] if t is not None else [])
+    info: dict[str, Any] = {"threshold": t, "chosen_by": chosen, "iou": curves.iou}
+    if t is not None:
+        at = int(np.searchsorted(curves.confidence, t))
+        info.update({key: _number(getattr(curves, f"all_{key}")[at]) for _, _, key in CURVES})
+    return info, curves
+
+
+def write_confidence_curves(
+    out: Path, class_names: Sequence[str], curves: ConfidenceCurves, marked: dict[str, Any]
+) -> dict[str, Path]:
+    """F1_curve.png, P_curve.png and R_curve.png: F1, precision and recall against the
+    confidence threshold, per class and over all classes, ``marked``'s threshold drawn."""
+    from . import plots
+
+    t, files = marked.get("threshold"), {}
+    chosen = "the checkpoint's" if marked.get("chosen_by") == "checkpoint" else "best F1"
+    for stem, label, key in CURVES:
+        value = marked.get(key)
+        mark = (t, value, chosen) if t is not None and value is not None else None
+        per_class, overall = getattr(curves, key), getattr(curves, f"all_{key}")
+        files[stem] = plots.plot_confidence_curve(out / f"{stem}.png", curves.confidence, per_class, overall, list(class_names), label, mark)
     return files

@@ -32,6 +32,9 @@ REQUIRED_KEYS: dict[str, Callable[[str], Any]] = {
     "nms_iou": float,
     "max_detections": int,
 }
+# Optional keys: checked when present (exports of checkpoints without the value lack them).
+CONF_THRESHOLD_KEY = "conf_threshold"  # the score with the best F1 on the validation split (training chose it)
+OPTIONAL_KEYS: dict[str, Callable[[str], Any]] = {CONF_THRESHOLD_KEY: float}
 
 
 def metadata_of(model: onnx.ModelProto) -> dict[str, str]:
@@ -72,7 +75,7 @@ def _check_metadata(path: Path, meta: dict[str, str]) -> None:
     missing = [k for k in REQUIRED_KEYS if k not in meta]
     if missing:
         raise RuntimeError(f"{path}: metadata lacks {', '.join(missing)}; export the model again with `retinanet export`")
-    for key, parse in REQUIRED_KEYS.items():
+    for key, parse in [*REQUIRED_KEYS.items(), *((k, p) for k, p in OPTIONAL_KEYS.items() if k in meta)]:
         try:
             parse(meta[key])
         except ValueError:

@@ -6,7 +6,8 @@ detections, NMS inside.
 
 ``score_threshold`` and ``iou_threshold`` are optional inputs (shape (1,), defaulting to
 the model's values), so a runtime can change them without re-exporting. The class names,
-category ids, input size and thresholds travel in the model's metadata_props (metadata.py).
+category ids, input size and thresholds travel in the model's metadata_props (metadata.py),
+with the confidence threshold training chose (best.pt's conf_threshold) when there is one.
 
 Exporter choice: torch.onnx's dynamo exporter (torch.export + onnxscript), the default in
 torch 2.14; the custom ops' translations are in ops.py.
@@ -30,7 +31,7 @@ from ..config.export import OPSET, ExportConfig
 from ..preprocess import RECT_STRIDE
 from .graph import DetectionGraph
 from .letterbox import letterbox_graph
-from .metadata import EXPORT_FORMAT, IOU_INPUT, NAME_SCOPES_KEY, OUTPUT_NAMES, SCORE_INPUT, set_metadata
+from .metadata import CONF_THRESHOLD_KEY, EXPORT_FORMAT, IOU_INPUT, NAME_SCOPES_KEY, OUTPUT_NAMES, SCORE_INPUT, set_metadata
 from .ops import onnx_translations
 from .quiet import quiet_logger
 
@@ -114,7 +115,10 @@ def _export_network(graph: DetectionGraph, size: int, post: PostprocessConfig, r
 
 
 def _metadata(model: nn.Module, size: int, rect: bool, post: PostprocessConfig, rows: int) -> dict[str, str]:
-    """The metadata_props of an fp32 export (quantize_int8 adds precision and calibration)."""
+    """The metadata_props of an fp32 export (quantize_int8 adds precision and calibration);
+    ``conf_threshold`` when the model came from a checkpoint that chose one (best.pt)."""
+    threshold = getattr(model, "conf_threshold", None)
+    extra = {CONF_THRESHOLD_KEY: str(float(threshold))} if threshold is not None else {}
     return {
         "format": EXPORT_FORMAT,
         "class_names": json.dumps(list(model.class_names)),
@@ -131,6 +135,7 @@ def _metadata(model: nn.Module, size: int, rect: bool, post: PostprocessConfig, 
         # fitted them): per-level sizes, scales and ratios, as in model.anchors.
         "anchors": json.dumps({k: list(getattr(model.cfg.anchors, k)) for k in ("sizes", "scales", "ratios")}),
         "precision": "fp32",
+        **extra,
     }
 
 

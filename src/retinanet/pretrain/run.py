@@ -95,7 +95,7 @@ def _check_data(data: ClassificationData, cfg: PretrainConfig, saved: dict[str, 
         )
     if len(data.train) < cfg.batch_size:
         raise ValueError(
-            f"{data.root}: {len(data.train)} training images, fewer than one batch of {cfg.batch_size}; lower --batch-size"
+            f"{data.root}: {len(data.train)} training images, fewer than one batch of {cfg.batch_size}; lower --batch"
         )
 
 
