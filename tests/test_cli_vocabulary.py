@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import threading
 
 import pytest
 
@@ -17,6 +18,7 @@ from retinanet.cli.train import user_overrides
 from retinanet.config import ConfigError, PretrainConfig, RunConfig, TrainConfig, apply_overrides, preset, to_dict
 from retinanet.config.io import expand_aliases
 from retinanet.model import build_model
+from retinanet.run_folder import next_run_dir
 from retinanet.train import run_config
 
 # (command line before the flag, new flag, old spelling, values, argparse dest)
@@ -57,8 +59,8 @@ def test_every_command_speaks_one_vocabulary():
     for name, sub in _subparsers(build_parser()).items():
         visible = {o: a for a in sub._actions if a.help != argparse.SUPPRESS for o in a.option_strings}
         assert not OLD & set(visible), (name, OLD & set(visible))
-        if "--classes" in visible:  # keep only these classes, by name: never a count
-            assert visible["--classes"].nargs == "+" and visible["--classes"].type is None, name
+        if "--classes" in visible:  # keep only these classes, by name: never a count; one value per flag
+            assert visible["--classes"].nargs is None and isinstance(visible["--classes"], argparse._ExtendAction), name
         if "--device" in visible:  # auto everywhere: CUDA when present, else the CPU
             default = visible["--device"].default
             configured = {"train": TrainConfig.device, "pretrain": PretrainConfig.device}.get(name)
@@ -86,10 +88,19 @@ def test_train_flags_and_ultralytics_keys_set_the_config(tmp_path):
     assert user_overrides(build_parser().parse_args(["train", "--weights", "w.pt"])) == ["train.weights=w.pt"]
 
 
+def test_classes_take_one_value_per_flag_and_never_a_source():
+    parser = build_parser()
+    args = parser.parse_args(["predict", "--classes", "person", "img.jpg", "--model", "m.pt"])
+    assert args.sources == ["img.jpg"] and args.classes == ["person"]
+    for argv in (["--classes", "person,dog"], ["--classes", "person", "--classes", "dog"], ["--classes", " person , dog,"]):
+        assert parser.parse_args(["predict", "img.jpg", *argv]).classes == ["person", "dog"], argv
+    args = parser.parse_args(["pretrain", "--from-detection", "d", "--classes", "teddy bear,person", "--classes", "cat"])
+    assert args.classes == ["teddy bear", "person", "cat"]
+
+
 @pytest.mark.parametrize("key", ["weights", "patience"])
 def test_keys_other_settings_bring_are_accepted_once_they_exist(key):
-    if not any(f.name == key for f in dataclasses.fields(TrainConfig)):
-        pytest.skip(f"train.{key} is not a setting of this version")
+    assert any(f.name == key for f in dataclasses.fields(TrainConfig)), f"train.{key} is not a setting"
     cfg = apply_overrides(RunConfig(), expand_aliases([f"{key}=7" if key == "patience" else f"{key}=w.pt"]))
     assert getattr(cfg.train, key) in (7, "w.pt")
 
@@ -138,3 +149,22 @@ def test_no_command_writes_over_an_earlier_run(tiny_checkpoint, raccoon, tmp_pat
     err = capsys.readouterr().err
     assert "already holds a run" in err and "--resume runs/train/exp" in err
     assert (tmp_path / "runs" / "train" / "exp" / "last.pt").read_bytes() == b"an earlier run"
+
+
+def test_commands_started_together_get_different_run_folders(tmp_path):
+    """next_run_dir claims its folder by creating it: threads asking at once never share one."""
+    runs, n = tmp_path / "runs" / "predict", 8
+    start, got = threading.Barrier(n), []
+
+    def claim():
+        start.wait()
+        got.append(next_run_dir(str(runs), ""))
+
+    threads = [threading.Thread(target=claim) for _ in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(p.name for p in got) == sorted(["exp", *(f"exp{k}" for k in range(2, n + 1))])
+    assert all(p.is_dir() and not any(p.iterdir()) for p in got)  # claimed: created, empty
+    assert next_run_dir(str(runs), "") == runs / f"exp{n + 1}" and next_run_dir(str(runs), "mine") == runs / "mine"

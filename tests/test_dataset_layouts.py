@@ -61,8 +61,9 @@ def test_longest_existing_suffix_wins_and_nothing_outside_the_yaml_folder(tmp_pa
     # A suffix climbing out of the yaml's folder is never tried, even when it exists there.
     (tmp_path / "outside").mkdir()
     (root / "data.yaml").write_text(yaml.safe_dump({"train": "/x/y/../../outside", "names": ["x"]}))
+    assert "/x/y/../../outside does not exist" in resolve_source(root / "data.yaml").splits["train"].missing
     with pytest.raises(DataError) as e:
-        resolve_source(root / "data.yaml")
+        load_dataset(root / "data.yaml", "train", progress=False)
     line = str(e.value)
     assert "\n" not in line and str(root / "data.yaml") in line and "/x/y/../../outside" in line
 
@@ -121,3 +122,73 @@ def test_two_xml_folders_or_no_images_are_not_guessed(tmp_path, raccoon):
     with pytest.raises(DataError, match="cannot tell the dataset format"):
         load_dataset(root, "all", progress=False)
 
+
+
+def _aquarium_part(aquarium, root, split: str, n: int) -> None:
+    """The first n images of an aquarium split, with their labels, linked into root/<split>."""
+    for sub in ("images", "labels"):
+        (root / split / sub).mkdir(parents=True)
+    for image in sorted((aquarium / split / "images").glob("*.jpg"))[:n]:
+        (root / split / "images" / image.name).symlink_to(image)
+        label = aquarium / split / "labels" / f"{image.stem}.txt"
+        (root / split / "labels" / label.name).symlink_to(label)
+
+
+def test_a_split_whose_path_exists_nowhere_fails_only_when_loaded(aquarium, tmp_path):
+    """An aquarium-like data.yaml of another machine, copied without its test/ folder."""
+    root = tmp_path / "aquarium_copy"
+    _aquarium_part(aquarium, root, "train", 4)
+    _aquarium_part(aquarium, root, "valid", 2)
+    published = yaml.safe_load((aquarium / "data.yaml").read_text())
+    (root / "data.yaml").write_text(yaml.safe_dump(published))  # train, val and test: /content/drive/... paths
+    with pytest.warns(UserWarning, match="does not exist; using"):
+        train = load_dataset(root / "data.yaml", "train", check="header", progress=False)
+    with pytest.warns(UserWarning, match="does not exist; using"):
+        val = load_dataset(root / "data.yaml", "val", check="header", progress=False)
+    assert (len(train), len(val), train.num_classes) == (4, 2, 7)
+    assert {r.image_path.parent for r in val.records} == {root / "valid" / "images"}
+    with pytest.warns(UserWarning), pytest.raises(DataError) as e:
+        load_dataset(root / "data.yaml", "test", check="header", progress=False)
+    line = str(e.value)
+    assert "\n" not in line and line.startswith(f"{root / 'data.yaml'}: test: {published['test']} does not exist")
+
+
+def test_xml_files_directly_in_the_named_folder_never_take_images_beside_it(tmp_path, raccoon):
+    """x/ds/raccoon-1.xml names raccoon-1.jpg, which lies only in x/private: not used."""
+    ds, private = tmp_path / "x" / "ds", tmp_path / "x" / "private"
+    ds.mkdir(parents=True)
+    private.mkdir()
+    shutil.copy(raccoon / "annotations" / "raccoon-1.xml", ds)
+    shutil.copy(raccoon / "images" / "raccoon-1.jpg", private)
+    with pytest.raises(DataError) as e:
+        load_dataset(ds, "all", check="header", progress=False)
+    assert "missing" in str(e.value) and "private" not in str(e.value)
+    report = e.value.report
+    assert report is not None and all("private" not in str(i.file) for i in report.issues)
+    shutil.copy(raccoon / "images" / "raccoon-1.jpg", ds)  # beside the xml, inside the named folder: used
+    assert [r.image_path for r in load_dataset(ds, "all", check="header", progress=False).records] == [ds / "raccoon-1.jpg"]
+
+
+def test_a_yolo_folder_with_other_xml_files_stays_yolo(tmp_path, aquarium, raccoon):
+    root = tmp_path / "yolo"
+    _aquarium_part(aquarium, tmp_path, "train", 3)
+    (tmp_path / "train").rename(root)
+    (root / "metadata").mkdir()
+    (root / "metadata" / "annotations.xml").write_text("<annotations><version>1.1</version></annotations>")  # CVAT
+    ds = load_dataset(root, "all", check="header", progress=False)
+    assert ds.format == "yolo" and len(ds) == 3
+    (root / "LICENSE.xml").write_text("<license><name>CC BY 4.0</name></license>")  # in the folder itself
+    assert resolve_source(root).format == "yolo"
+    shutil.copy(raccoon / "annotations" / "raccoon-1.xml", root / "metadata")  # even real VOC files: images/ + labels/ first
+    assert resolve_source(root).format == "yolo"
+
+    # xml files that are not VOC annotations beside images: not a VOC dataset either.
+    other = tmp_path / "not_voc"
+    (other / "images").mkdir(parents=True)
+    (other / "meta").mkdir()
+    shutil.copy(raccoon / "images" / "raccoon-1.jpg", other / "images")
+    (other / "meta" / "annotations.xml").write_text("<annotations><version>1.1</version></annotations>")
+    with pytest.raises(DataError, match="cannot tell the dataset format"):
+        load_dataset(other, "all", progress=False)
+    shutil.copy(raccoon / "annotations" / "raccoon-1.xml", other / "meta")  # one VOC file among them: VOC
+    assert resolve_source(other).format == "voc"

@@ -49,6 +49,17 @@ def test_patience_counts_from_the_last_improvement(raccoon, tmp_path, monkeypatc
     assert resumed.fit().epochs == 5 and resumed.best_epoch == 5
 
 
+def test_a_run_stopped_early_trains_on_when_resumed_with_more_epochs(raccoon, tmp_path, monkeypatch):
+    monkeypatch.setattr(Trainer, "validate", lambda self, *a, **k: {"AP": 0.25})  # never improves after epoch 1
+    train, val = raccoon_parts(raccoon)
+    first = Trainer(tiny_cfg(tmp_path, "more", epochs=4, patience=1), progress=False, train_data=train, val_data=val).fit()
+    assert first.epochs == 2 and "has not improved for 1 epochs" in first.stopped
+    # A longer plan counts the wait from the resume point, so it trains at least `patience` more epochs.
+    resumed = Trainer.resume(tmp_path / "more", epochs=6, progress=False, train_data=train, val_data=val)
+    result = resumed.fit()
+    assert result.epochs == 3 and "stopped early after epoch 3/6" in result.stopped
+
+
 def test_patience_is_off_by_default_and_never_negative(tmp_path):
     cfg = tiny_cfg(tmp_path, "neg")
     assert cfg.train.patience == 0

@@ -99,7 +99,7 @@ def test_crops_follow_the_annotations(coco128, crops):
 
 def test_cli_makes_the_same_crops(coco128, crops, tmp_path):
     out, counts = crops
-    argv = ["pretrain", "--from-detection", str(coco128), "--crops-out", str(tmp_path / "c"), "--classes", *CLASSES,
+    argv = ["pretrain", "--from-detection", str(coco128), "--crops-out", str(tmp_path / "c"), "--classes", ",".join(CLASSES),
             "--max-per-class", str(MAX_PER_CLASS), "--crops-only"]  # fmt: skip
     assert main(argv) == 0
     for c in CLASSES:

@@ -21,8 +21,9 @@ from test_export import shared_export
 from retinanet import sources
 from retinanet.api import Detector
 from retinanet.cli import main
-from retinanet.predict import output_names
-from retinanet.sources import UrlError, fetch, source_kind, url_file_name, video_stem
+from retinanet.config import PredictConfig
+from retinanet.predict import output_names, predict, resolve_sources
+from retinanet.sources import UrlError, fetch, source_kind, url_file_name, url_kind, video_stem
 from retinanet.video import is_stream, is_video
 
 PHOTO = "000000000034.jpg"
@@ -73,7 +74,10 @@ class _Handler(BaseHTTPRequestHandler):
             "/page": lambda: self._send(b"<html>hello</html>", "text/html"),
             "/text.jpg": lambda: self._send(b"not a picture", "image/jpeg"),
             "/live": self._mjpeg,
+            "/cam2/live": self._mjpeg,  # another camera, the same last path part
             "/slow.jpg": self._slow,
+            "/drip.jpg": self._drip,
+            "/drip-headers": self._drip_headers,
             "/to-file.jpg": self._redirect,
         }
         route = routes.get(self.path, lambda: self._send(b"nothing here", "text/plain", code=404))
@@ -96,6 +100,23 @@ class _Handler(BaseHTTPRequestHandler):
         for i in range(0, len(self.photo), 4096):
             self.wfile.write(self.photo[i : i + 4096])
             self.wfile.flush()
+            time.sleep(0.2)
+
+    def _drip(self):
+        """A large Content-Length, then one byte every 0.2 s (for at most 20 s)."""
+        self.send_response(200)
+        self.send_header("Content-Type", "image/jpeg")
+        self.send_header("Content-Length", str(len(self.photo)))
+        self.end_headers()
+        for i in range(100):
+            self.wfile.write(self.photo[i : i + 1])
+            time.sleep(0.2)
+
+    def _drip_headers(self):
+        """The status line, then a header one byte every 0.2 s (for at most 20 s)."""
+        self.wfile.write(b"HTTP/1.1 200 OK\r\nContent-Type: image/jpeg\r\nX-Slow: ")
+        for _ in range(100):
+            self.wfile.write(b"a")
             time.sleep(0.2)
 
     def _redirect(self):
@@ -146,10 +167,30 @@ def test_url_failures_are_one_line_naming_the_url(detector, server, monkeypatch)
         fetch(f"{server}/unsized.jpg")
     monkeypatch.setattr(sources, "URL_MAX_BYTES", 2**26)
     monkeypatch.setattr(sources, "URL_TIMEOUT_S", 0.5)
+    start = time.monotonic()
     with pytest.raises(UrlError, match=f"{server}/slow.jpg: download took longer than 0.5 s"):
         fetch(f"{server}/slow.jpg")
+    assert time.monotonic() - start < 1.0  # within twice the limit, not once a 64 KiB read completes
     with pytest.raises(UrlError, match="http://127.0.0.1:9/x.jpg: cannot download"):
         fetch("http://127.0.0.1:9/x.jpg")  # nothing listens on the discard port
+
+
+def test_a_server_dripping_bytes_is_cut_off_at_the_time_limit(server, monkeypatch):
+    """A byte every 0.2 s keeps every single read alive: the limit is on the whole
+    download, body and headers alike, and ends it within twice the limit."""
+    cases = [
+        ("/drip.jpg", "download took longer than 1 s", lambda url: fetch(url, timeout=1.0)),
+        ("/drip-headers", "no answer within 1 s", lambda url: fetch(url, timeout=1.0)),
+        ("/drip-headers", "no answer within 1 s", url_kind),  # the Content-Type probe, under URL_TIMEOUT_S
+    ]
+    monkeypatch.setattr(sources, "URL_TIMEOUT_S", 1.0)
+    for path, why, call in cases:
+        start = time.monotonic()
+        with pytest.raises(UrlError) as e:
+            call(f"{server}{path}")
+        elapsed = time.monotonic() - start
+        assert str(e.value) == f"{server}{path}: {why}" and elapsed < 2.0, (path, elapsed)
+    assert fetch(f"{server}/photo.jpg", timeout=1.0) == _Handler.photo  # a prompt server is unaffected
 
 
 def test_mjpeg_stream_one_result_per_frame(detector, server):
@@ -202,6 +243,37 @@ def test_stream_decodes_a_folder_one_batch_at_a_time(exported, coco128, tmp_path
     assert [r.source for r in rest] == [str(folder / n) for n in names[1:]] and reads == names
     with pytest.raises(FileNotFoundError, match="missing: image file not found"):
         det.predict(tmp_path / "missing", stream=True)  # checked at the call, not at the first next()
+
+
+def test_network_streams_stop_at_a_default_cap_and_say_so(exported, server, tmp_path, capsys):
+    url = f"{server}/live"
+    det = Detector(exported[1], conf=0.03, batch_size=2)
+    cfg = PredictConfig(out=str(tmp_path / "capped"), stream_max_frames=3, save=False)
+    assert predict(det, resolve_sources([url]), cfg).images == 3
+    notes = [line for line in capsys.readouterr().err.splitlines() if "stopped after" in line]
+    assert notes == [f"{url}: stopped after 3 frames, the default for a network stream; give --max-frames N to read more"]
+    cfg = PredictConfig(out=str(tmp_path / "chosen"), stream_max_frames=3, max_frames=4, save=False)
+    assert predict(det, resolve_sources([url]), cfg).images == 4  # --max-frames overrides the default
+    cfg = PredictConfig(out=str(tmp_path / "ended"), stream_max_frames=FRAMES + 5, save=False)
+    assert predict(det, resolve_sources([url]), cfg).images == FRAMES  # a stream that ends before the cap
+    assert "stopped after" not in capsys.readouterr().err
+    assert PredictConfig().stream_max_frames == 9000 and PredictConfig().max_frames is None
+
+
+def test_streams_with_the_same_name_do_not_overwrite_each_other(exported, server, tmp_path):
+    out = tmp_path / "out"
+    cams = [f"{server}/live", f"{server}/cam2/live"]
+    argv = ["predict", *cams, f"{server}/photo.jpg", "--model", str(exported[1]), "--out", str(out), "--conf", "0.03"]
+    assert main([*argv, "--save-txt", "--max-frames", "2"]) == 0
+    assert sorted(p.name for p in out.glob("*.mp4")) == ["live.mp4", "live_1.mp4"]
+    assert sorted(p.name for p in (out / "labels").glob("live*.txt")) == [
+        "live_000000.txt", "live_000001.txt", "live_1_000000.txt", "live_1_000001.txt"
+    ]  # fmt: skip
+    data = json.loads((out / "detections.json").read_text())
+    assert [i["file_name"] for i in data["images"]] == [f"{server}/photo.jpg", cams[0], cams[0], cams[1], cams[1]]
+    assert output_names([Path("a/live.jpg")], ["rtsp://cam1/live", "rtsp://cam2/live", "clips/live.mp4", "0"]) == [
+        "live.jpg", "live", "live_1", "live_2", "webcam0"
+    ]  # fmt: skip
 
 
 def test_names_from_urls_are_safe_file_names():

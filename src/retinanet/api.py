@@ -73,7 +73,7 @@ class _OnnxBackend:
     def __init__(self, path: Path, threads: int | None, spin: bool = True):
         import onnxruntime as ort
 
-        from .export.metadata import IOU_INPUT, SCORE_INPUT, read_metadata
+        from .export.metadata import AGNOSTIC_KEY, IOU_INPUT, SCORE_INPUT, parse_bool, read_metadata
 
         self.path = path
         self.meta = read_metadata(path)
@@ -94,7 +94,7 @@ class _OnnxBackend:
         self.score_thresh = float(self.meta["score_thresh"])
         self.nms_iou = float(self.meta["nms_iou"])
         self.max_detections = int(self.meta["max_detections"])
-        self.agnostic = False  # the graph's NMS is per class; agnostic=True adds one over its outputs
+        self.agnostic = parse_bool(self.meta.get(AGNOSTIC_KEY, "false"))  # the exported model's postprocess.agnostic
         self.stored_conf = stored_conf(self.meta.get(CONF_KEY))
 
     def run(self, images: list[Tensor], conf: float, iou: float, max_det: int, agnostic: bool) -> list[tuple[np.ndarray, ...]]:
@@ -108,7 +108,7 @@ class _OnnxBackend:
             feeds = {
                 "images": batch,
                 self.score_input: np.array([conf], np.float32),
-                self.iou_input: np.array([iou], np.float32),
+                self.iou_input: np.array([graph_iou(iou, agnostic)], np.float32),
             }
             try:
                 boxes, scores, labels, count = self.session.run(None, feeds)
@@ -116,15 +116,28 @@ class _OnnxBackend:
                 raise RuntimeError(f"{self.path}: ONNX Runtime failed on this model: {str(e).splitlines()[0]}") from e
             for j, i in enumerate(idx):
                 n = int(count[j])
-                found = (boxes[j, :n], scores[j, :n], labels[j, :n])
-                found = agnostic_nms(*found, iou) if agnostic else found
-                out[i] = tuple(a[:max_det] for a in found)  # sorted best first: a cut keeps the best
+                out[i] = after_graph(boxes[j, :n], scores[j, :n], labels[j, :n], iou, max_det, agnostic)
         return out
 
 
+def graph_iou(iou: float, agnostic: bool) -> float:
+    """The IoU threshold fed to an exported graph, whose NMS is per class: ``iou``, or with
+    ``agnostic`` 1.0, so that its NMS removes nothing and after_graph's class-agnostic NMS
+    sees every candidate (per-class NMS first would drop boxes that agnostic NMS keeps)."""
+    return 1.0 if agnostic else iou
+
+
+def after_graph(
+    boxes: np.ndarray, scores: np.ndarray, labels: np.ndarray, iou: float, max_det: int, agnostic: bool
+) -> tuple[np.ndarray, ...]:
+    """One image's detections from an exported graph run at graph_iou(iou, agnostic) ->
+    the final ones: class-agnostic NMS at ``iou`` when ``agnostic``, then the best ``max_det``."""
+    found = agnostic_nms(boxes, scores, labels, iou) if agnostic else (boxes, scores, labels)
+    return tuple(a[:max_det] for a in found)  # sorted best first: a cut keeps the best
+
+
 def agnostic_nms(boxes: np.ndarray, scores: np.ndarray, labels: np.ndarray, iou: float) -> tuple[np.ndarray, ...]:
-    """Class-agnostic NMS over one image's detections (boxes (D, 4), scores, labels), best
-    first: what an exported graph, whose NMS is per class, gives with agnostic=True."""
+    """Class-agnostic NMS over one image's detections (boxes (D, 4), scores, labels), best first."""
     if len(scores) < 2:
         return boxes, scores, labels
     from torchvision.ops import nms
@@ -171,7 +184,8 @@ class Detector:
     conf: default score threshold (None: the one the checkpoint or export stores, else
     PredictConfig.fallback_conf, 0.25). iou, max_det: NMS IoU and detections per image
     (None: the model's own values). agnostic: class-agnostic NMS (None: the model's own
-    setting, per class). classes: keep only these classes (names or indices).
+    postprocess.agnostic, which an export stores; default per class). classes: keep only
+    these classes (names or indices).
     device: torch device for checkpoints; threads: ONNX Runtime intra-op threads.
     spin: let ONNX Runtime's idle threads spin (its default, fastest) rather than sleep.
     batch_size: images per forward pass.

@@ -193,7 +193,8 @@ class Trainer:
             dist.barrier()
 
     def _make_run_dir(self, run_dir: Path | None) -> Path:
-        path = [str(run_dir or next_run_dir(self.cfg.train.out, self.cfg.train.name))]
+        main = self.dist.is_main  # only the main process claims a numbered folder (next_run_dir creates it); the others receive it
+        path = [str(run_dir or (next_run_dir(self.cfg.train.out, self.cfg.train.name) if main else ""))]
         if self.dist.enabled:
             dist.broadcast_object_list(path, src=0)
         out = Path(path[0])

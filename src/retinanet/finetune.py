@@ -1,11 +1,12 @@
 """Starting a run from a trained detector (``train.weights``, ``retinanet train --weights``).
 
 The run builds its own model as usual (its preset, its data's classes), then takes from
-the checkpoint every tensor whose name and shape match. The class predictor starts afresh
-when the class count differs (normal init and the focal-loss prior bias, as a new head
-does). The checkpoint's anchors replace the config's before the model is built: the head
-learned to predict offsets from exactly those anchors, so they are measured on the new
-data but never refitted. What was loaded, skipped and re-initialised is printed.
+the checkpoint every tensor whose name and shape match. The class predictor's final conv
+starts afresh when the class count differs (its shape depends on it: normal init and the
+focal-loss prior bias, as a new head does); the lite head's depthwise conv before it does
+not depend on the class count and is loaded. The checkpoint's anchors replace the
+config's before the model is built: the head learned to predict offsets from exactly
+those anchors, so they are measured on the new data but never refitted. What was loaded, skipped and re-initialised is printed.
 """
 
 from __future__ import annotations
@@ -77,8 +78,9 @@ def _source_classes(state: dict[str, Any]) -> int:
 
 def load_detector_weights(model: nn.Module, state: dict[str, Any], source: str | Path) -> list[str]:
     """Copy every tensor of the checkpoint (its EMA weights when it has them) whose name and
-    shape match into ``model``; the class predictor only when the class count is the same.
-    Returns the lines that say what was loaded, skipped and re-initialised."""
+    shape match into ``model``. With another class count, the class predictor's tensors whose
+    shape differs (the final conv's weight and bias) keep their fresh init, unreported as
+    skipped. Returns the lines that say what was loaded, skipped and re-initialised."""
     weights = state["ema"] if state.get("ema") else state["model"]
     own = model.state_dict()
     theirs = _source_classes(state)
@@ -87,11 +89,11 @@ def load_detector_weights(model: nn.Module, state: dict[str, Any], source: str |
     skipped: list[str] = []
     for name, tensor in own.items():
         src = weights.get(name)
-        if fresh_head and name.startswith(CLS_PREDICTOR):
-            continue
         if src is None:
             skipped.append(f"{name} (not in the checkpoint)")
         elif tuple(src.shape) != tuple(tensor.shape):
+            if fresh_head and name.startswith(CLS_PREDICTOR):
+                continue  # the final class conv: its shape follows the class count; re-initialised
             skipped.append(f"{name} ({tuple(src.shape)} there, {tuple(tensor.shape)} here)")
         else:
             taken[name] = src

@@ -236,7 +236,7 @@ class RunLoggers:
         interrupted = kind is not None and issubclass(kind, (TrainingInterrupted, KeyboardInterrupt))
         status = "FINISHED" if kind is None else "KILLED" if interrupted else "FAILED"
         self.flush()
-        self._each("artifacts", self.artifacts())
+        self._each("artifacts", self._safe("artifacts", self.artifacts) or [])
         self._each("close", status)
         self.ended, self.trackers = self.trackers, []
         return False
@@ -246,5 +246,5 @@ class RunLoggers:
         if self.run_dir is None or not self.ended:
             return
         self.trackers, self.ended = self.ended, []
-        self._each("artifacts", self.artifacts())
+        self._each("artifacts", self._safe("artifacts", self.artifacts) or [])
         self.trackers = []

@@ -5,7 +5,8 @@ promises into one folder:
   <image name>             the image with boxes drawn (unless save is off; a JPEG above
                            images.DRAFT_MIN_PIXELS at the reduced size it decoded at; an
                            image URL by its address's last part, made a safe file name)
-  <video stem>.mp4         the annotated video (a stream: its address's last part)
+  <video stem>.mp4         the annotated video (a stream: its address's last part; two
+                           videos of the same stem get a number added, as images do)
   labels/<stem>.txt        YOLO txt per image / frame (save_txt; + score with save_conf)
   detections.json          COCO-style: images, annotations (with score), categories
 
@@ -67,10 +68,21 @@ def resolve_sources(sources: list[str]) -> Sources:
     return out
 
 
-def output_names(items: list[Path | str]) -> list[str]:
+def _free_stem(stem: str, taken: set[str]) -> str:
+    """``stem``, or ``stem_1``, ``stem_2``, ... : the first not in ``taken`` (lower case), then taken."""
+    name, k = stem, 1
+    while name.lower() in taken:
+        name, k = f"{stem}_{k}", k + 1
+    taken.add(name.lower())
+    return name
+
+
+def output_names(items: list[Path | str], videos: list[str] | None = None) -> list[str]:
     """One file name per image file or URL for the flat output folder, all distinct: files
     by data.images.unique_file_names, URLs by their address's last part (url_file_name)
-    with a counter where names would clash."""
+    with a counter where names would clash. With ``videos``, their stems follow the names:
+    video_stem, made distinct from each other the same way (rtsp://cam1/live and
+    rtsp://cam2/live: live, live_1), so no video or label file is written over."""
     files = [p for p in items if isinstance(p, Path)]
     unique = unique_file_names(files)
     file_names, taken, names = iter(unique), {Path(n).stem.lower() for n in unique}, []
@@ -78,13 +90,10 @@ def output_names(items: list[Path | str]) -> list[str]:
         if isinstance(item, Path):
             names.append(next(file_names))
             continue
-        name = url_file_name(item)
-        stem, suffix, k = Path(name).stem, Path(name).suffix, 1
-        while Path(name).stem.lower() in taken:
-            name, k = f"{stem}_{k}{suffix}", k + 1
-        taken.add(Path(name).stem.lower())
-        names.append(name)
-    return names
+        name = Path(url_file_name(item))
+        names.append(_free_stem(name.stem, taken) + name.suffix)
+    taken_videos: set[str] = set()  # <stem>.mp4 and labels/<stem>_<frame>.txt never meet an image's name
+    return names + [_free_stem(video_stem(v), taken_videos) for v in videos or []]
 
 
 class Writer:
@@ -137,15 +146,18 @@ def check_config(cfg: PredictConfig) -> None:
         raise ValueError(f"--batch must be at least 1, got {cfg.batch}")
     if cfg.max_frames is not None and cfg.max_frames < 1:
         raise ValueError(f"--max-frames must be at least 1, got {cfg.max_frames}")
+    if cfg.stream_max_frames < 1:
+        raise ValueError(f"stream_max_frames must be at least 1, got {cfg.stream_max_frames}")
 
 
 def predict(detector: Detector, sources: Sources, cfg: PredictConfig) -> PredictSummary:
     """Run ``detector`` over every image and video of ``sources`` into ``cfg.out``."""
     check_config(cfg)
     writer = Writer(Path(cfg.out), detector, cfg)
-    failed = _predict_images(sources.images, detector, writer) if sources.images else 0
-    for src in sources.videos:
-        _predict_video(src, detector, writer)
+    names = output_names(sources.images, sources.videos)  # one flat folder: no two outputs share a name
+    failed = _predict_images(sources.images, names, detector, writer) if sources.images else 0
+    for src, stem in zip(sources.videos, names[len(sources.images) :]):
+        _predict_video(src, stem, detector, writer)
     path = writer.finish()
     if not writer.images:
         raise RuntimeError(f"none of the {len(sources.images)} images could be read")
@@ -178,9 +190,8 @@ def _read_chunk(files: list[Path | str], out_names: list[str], min_side: int) ->
     return chunk
 
 
-def _predict_images(files: list[Path | str], det: Detector, writer: Writer) -> int:
-    """Batches of image files and URLs; returns the number that could not be read."""
-    out_names = output_names(files)
+def _predict_images(files: list[Path | str], out_names: list[str], det: Detector, writer: Writer) -> int:
+    """Batches of image files and URLs (saved as ``out_names``); returns the number that could not be read."""
     failed, batch = 0, writer.cfg.batch
     bar = tqdm(total=len(files), desc="images", unit="img", disable=len(files) < 2, file=sys.stderr)
     for start in range(0, len(files), batch):
@@ -196,13 +207,22 @@ def _predict_images(files: list[Path | str], det: Detector, writer: Writer) -> i
     return failed
 
 
+def frame_cap(source: str, cfg: PredictConfig) -> tuple[int | None, bool]:
+    """The frames to read of a video source, and whether that is the default cap of a
+    network stream or video URL (cfg.stream_max_frames) rather than the user's --max-frames."""
+    if cfg.max_frames is None and is_stream(source):
+        return cfg.stream_max_frames, True
+    return cfg.max_frames, False
+
+
 class _VideoRun:
     """One video or webcam: frames go through the detector in batches of cfg.batch."""
 
-    def __init__(self, source: str, det: Detector, writer: Writer):
+    def __init__(self, source: str, stem: str, det: Detector, writer: Writer):
         self.source, self.det, self.writer = source, det, writer
-        self.video = VideoSource(source, writer.cfg.max_frames)
-        self.stem = video_stem(source)
+        cap, self.default_cap = frame_cap(source, writer.cfg)
+        self.video = VideoSource(source, cap)
+        self.stem = stem
         self.sink = VideoSink(writer.out / f"{self.stem}.mp4", self.video.fps) if writer.cfg.save else None
         self.bar = tqdm(total=self.video.total, desc=self.stem, unit="frame", file=sys.stderr)
         self.frame_idx = 0
@@ -220,10 +240,16 @@ class _VideoRun:
         self.bar.close()
         if self.sink is not None:
             self.sink.close()
+        if self.default_cap and self.frame_idx >= self.video.max_frames:
+            tqdm.write(
+                f"{self.source}: stopped after {self.frame_idx} frames, the default for a network stream; "
+                "give --max-frames N to read more",
+                file=sys.stderr,
+            )
 
 
-def _predict_video(source: str, det: Detector, writer: Writer) -> None:
-    run = _VideoRun(source, det, writer)
+def _predict_video(source: str, stem: str, det: Detector, writer: Writer) -> None:
+    run = _VideoRun(source, stem, det, writer)
     pending: list[np.ndarray] = []
     try:
         for frame in run.video:

@@ -87,5 +87,6 @@ def save_batch_preview(batch, class_names: Sequence[str], path: str | Path) -> P
     """data.loader's Batch drawn by draw_batch, written as a JPEG."""
     grid = draw_batch(batch.images.cpu(), batch.boxes.cpu(), batch.labels.cpu(), class_names)
     path = Path(path)
-    Image.fromarray(grid.permute(1, 2, 0).contiguous().numpy()).save(path, quality=JPEG_QUALITY)  # (3, H, W) -> (H, W, 3)
+    image = Image.fromarray(grid.permute(1, 2, 0).contiguous().numpy())  # (3, H, W) -> (H, W, 3)
+    image.save(path, quality=JPEG_QUALITY, subsampling=0)  # full-resolution colour: thin box lines keep theirs
     return path

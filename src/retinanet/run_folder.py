@@ -40,14 +40,20 @@ CRASH_POINTS = ("before_best", "inside_best", "after_best", "inside_last", "afte
 
 
 def next_run_dir(out: str, name: str) -> Path:
-    """``out/name``, or the first free ``out/exp``, ``out/exp2``, ... without a name."""
+    """``out/name``, or without a name the first free ``out/exp``, ``out/exp2``, ...,
+    created here (empty): a folder is claimed by the mkdir that creates it, so two
+    commands started together never get the same one."""
     base = Path(out)
     if name:
         return base / name
     n = 1
-    while (base / ("exp" if n == 1 else f"exp{n}")).exists():
-        n += 1
-    return base / ("exp" if n == 1 else f"exp{n}")
+    while True:
+        path = base / ("exp" if n == 1 else f"exp{n}")
+        try:
+            path.mkdir(parents=True, exist_ok=False)
+            return path
+        except FileExistsError:  # taken, by an earlier run or by one starting now
+            n += 1
 
 
 def crash_point(point: str, epoch: int) -> None:

@@ -127,6 +127,8 @@ def replan(trainer: Any, planned: int) -> None:
     last epoch, and the learning rate continues from where that plan is at this step."""
     t = trainer.cfg.train
     lrs = restart_at(trainer.scheduler, trainer.step)
+    # A longer run continues even when patience had stopped it: the wait counts from here.
+    trainer.patience_from = trainer.epoch
     if trainer.dist.is_main:
         tqdm.write(
             f"epochs {planned} -> {t.epochs}: the learning-rate schedule is re-planned from step {trainer.step} "

@@ -9,7 +9,8 @@ decoded (or downloaded) only when it is reached, so a folder is never decoded wh
 URLs: an http(s) address whose path ends in an image suffix is an image; one ending in a
 video suffix is a video; any other is asked for its Content-Type (``image/*``: an image;
 ``multipart/*`` (MJPEG) or ``video/*``: a stream). Images are downloaded into memory only
-(at most URL_MAX_BYTES, within URL_TIMEOUT_S seconds, redirects only to http(s)) and
+(at most URL_MAX_BYTES, within URL_TIMEOUT_S seconds in all, headers included: a
+server sending a byte now and then is cut off at that time; redirects only to http(s)) and
 decoded by the same rules as files (data/images.py: EXIF rotation, every mode to RGB, the
 pixel limit checked from the header before decoding). Failures raise ``UrlError`` naming
 the URL.
@@ -20,11 +21,11 @@ from __future__ import annotations
 import glob as globlib
 import io
 import re
-import time
 import urllib.error
 import urllib.request
 import warnings
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from http.client import HTTPException
 from pathlib import Path, PurePosixPath
@@ -47,6 +48,7 @@ from .data.images import (
     read_image_for,
     to_rgb,
 )
+from .http_deadline import Deadline, opener
 from .video import VIDEO_SUFFIXES, VideoSource, is_stream, is_video, is_webcam
 
 URL_SCHEMES = ("http", "https")
@@ -118,45 +120,56 @@ class _HttpOnlyRedirects(urllib.request.HTTPRedirectHandler):
         return super().redirect_request(req, fp, code, msg, headers, newurl)
 
 
-_OPENER = urllib.request.build_opener(_HttpOnlyRedirects)
-
-
-def _open_url(url: str, timeout: float):
+@contextmanager
+def _open_url(url: str, timeout: float) -> Iterator[tuple[Any, Deadline]]:
+    """The response to ``url`` (headers read) and the deadline that ends the download
+    ``timeout`` seconds after it began; failures raise UrlError."""
     if not is_url(url):
         raise UrlError(f"{url}: not an http(s) address")
     request = urllib.request.Request(url, headers={"User-Agent": "retinanet-mobilenet"})
+    deadline = Deadline(timeout)
     try:
-        return _OPENER.open(request, timeout=timeout)
-    except UrlError:
-        raise
-    except urllib.error.HTTPError as e:
-        raise UrlError(f"{url}: cannot download (HTTP {e.code} {e.reason})") from None
-    except urllib.error.URLError as e:
-        raise UrlError(f"{url}: cannot download ({e.reason})") from None
-    except (OSError, HTTPException, ValueError) as e:  # timeouts, resets, malformed addresses
-        raise UrlError(f"{url}: cannot download ({type(e).__name__}: {e})") from None
+        try:
+            response = opener(deadline, _HttpOnlyRedirects).open(request, timeout=timeout)
+        except UrlError:
+            raise
+        except urllib.error.HTTPError as e:
+            raise UrlError(f"{url}: cannot download (HTTP {e.code} {e.reason})") from None
+        except (OSError, HTTPException, ValueError) as e:  # timeouts, resets, malformed addresses
+            if deadline.expired:
+                raise UrlError(f"{url}: no answer within {timeout:g} s") from None
+            reason = e.reason if isinstance(e, urllib.error.URLError) else f"{type(e).__name__}: {e}"
+            raise UrlError(f"{url}: cannot download ({reason})") from None
+        with response:
+            if deadline.expired:  # headers cut short by the deadline
+                raise UrlError(f"{url}: no answer within {timeout:g} s")
+            yield response, deadline
+    finally:
+        deadline.cancel()
 
 
 def fetch(url: str, max_bytes: int | None = None, timeout: float | None = None) -> bytes:
     """The body of ``url``, read into memory: at most ``max_bytes`` (None: URL_MAX_BYTES),
-    within ``timeout`` seconds (None: URL_TIMEOUT_S)."""
+    within ``timeout`` seconds in all, headers included (None: URL_TIMEOUT_S)."""
     max_bytes = URL_MAX_BYTES if max_bytes is None else max_bytes
     timeout = URL_TIMEOUT_S if timeout is None else timeout
-    deadline = time.monotonic() + timeout
-    with _open_url(url, timeout) as response:
+    late = f"{url}: download took longer than {timeout:g} s"
+    with _open_url(url, timeout) as (response, deadline):
         declared = response.headers.get("Content-Length")
         if declared and declared.isdigit() and int(declared) > max_bytes:
             raise UrlError(f"{url}: {int(declared) / 2**20:.1f} MiB, above the download limit of {max_bytes / 2**20:g} MiB")
         buf = bytearray()
         try:
-            while chunk := response.read(_CHUNK):
+            while chunk := response.read1(_CHUNK):  # what has arrived: the deadline is seen between small reads
                 buf += chunk
                 if len(buf) > max_bytes:
                     raise UrlError(f"{url}: larger than the download limit of {max_bytes / 2**20:g} MiB")
-                if time.monotonic() > deadline:
-                    raise UrlError(f"{url}: download took longer than {timeout:g} s")
+                if deadline.expired:
+                    raise UrlError(late)
         except (OSError, HTTPException) as e:
-            raise UrlError(f"{url}: download failed ({type(e).__name__}: {e})") from None
+            raise UrlError(late if deadline.expired else f"{url}: download failed ({type(e).__name__}: {e})") from None
+        if deadline.expired:  # the socket shut down: what came is cut short
+            raise UrlError(late)
     if not buf:
         raise UrlError(f"{url}: the server sent no data")
     return bytes(buf)
@@ -170,7 +183,7 @@ def url_kind(url: str) -> str:
         return "image"
     if suffix in VIDEO_SUFFIXES:
         return "video"
-    with _open_url(url, URL_TIMEOUT_S) as response:
+    with _open_url(url, URL_TIMEOUT_S) as (response, _):
         kind = (response.headers.get_content_type() or "").lower()
     if kind.startswith("image/"):
         return "image"

@@ -114,10 +114,15 @@ class MLflow:
         """The run folder's MLflow run, when it has one in this store (a resumed run)."""
         if not self.saved.is_file():
             return None
+        from mlflow.exceptions import MlflowException
+
         saved = json.loads(self.saved.read_text())
         if saved.get("tracking_uri") != uri:
             return None
-        self.client.update_run(saved["run_id"], status="RUNNING")
+        try:
+            self.client.update_run(saved["run_id"], status="RUNNING")
+        except MlflowException:  # the store no longer has it: a new run
+            return None
         return saved["run_id"]
 
     def _start(self, uri: str, run_dir: Path, params: dict[str, str]) -> str:

@@ -172,7 +172,8 @@ def patience_reason(trainer: Any) -> str:
     t, history = trainer.cfg.train, trainer.history
     if t.patience <= 0 or not history or f"val_{FITNESS_KEY}" not in history[-1]:
         return ""
-    waited = trainer.epoch - trainer.best_epoch
+    # Epochs since the best, or since a resume that extended the run (run_state.replan).
+    waited = trainer.epoch - max(trainer.best_epoch, getattr(trainer, "patience_from", 0))
     if waited < t.patience:
         return ""
     return (

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 DEVICE_HELP = "auto (CUDA when present, else the CPU), cpu, cuda or cuda:N (default: auto)"
-CLASSES_HELP = "keep only these classes: names or indices, space- or comma-separated"
+CLASSES_HELP = "keep only these classes: names or indices, comma-separated (person,dog), or the flag repeated"
 
 
 class DeprecatedFlag(argparse.Action):
@@ -50,12 +50,17 @@ def add_device(p: argparse.ArgumentParser, default: str | None = "auto") -> argp
     return p.add_argument("--device", default=default, help=DEVICE_HELP)
 
 
+def _comma_list(value: str) -> list[str]:
+    return [c.strip() for c in value.split(",") if c.strip()]
+
+
 def add_classes(p: argparse.ArgumentParser, help: str = CLASSES_HELP) -> argparse.Action:
-    return p.add_argument("--classes", nargs="+", metavar="CLASS", help=help)
+    """One value per flag (a source after it stays a source), comma-separated; repeated flags add up."""
+    return p.add_argument("--classes", action="extend", type=_comma_list, metavar="CLASS[,CLASS...]", help=help)
 
 
 def class_list(values: list[str] | None) -> list[str] | None:
-    """``--classes a b,c`` -> ['a', 'b', 'c']; None when not given."""
+    """``--classes a,b --classes c`` (parsed to ['a', 'b', 'c']) -> ['a', 'b', 'c']; None when not given."""
     if not values:
         return None
     return [c.strip() for v in values for c in v.split(",") if c.strip()] or None

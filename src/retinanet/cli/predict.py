@@ -31,7 +31,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--save-txt", action="store_true", help="also write YOLO txt labels to OUT/labels/")
     p.add_argument("--save-conf", action="store_true", help="append the score to each YOLO txt line")
     p.add_argument("--no-save", action="store_true", help="do not write annotated images / videos")
-    p.add_argument("--max-frames", type=int, default=D.max_frames, help="stop a video or webcam after this many frames")
+    p.add_argument("--max-frames", type=int, default=D.max_frames, help=f"stop a video, stream or webcam after this many frames (default: all of a file or webcam, {D.stream_max_frames} of a network stream)")
     add_device(p)
     p.add_argument("--threads", type=int, default=D.threads, help="ONNX Runtime threads (default: torch's thread count)")
     p.add_argument("--verbose", action="store_true", help="print every image's detections")

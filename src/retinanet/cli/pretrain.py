@@ -45,7 +45,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--from-detection", metavar="SOURCE", help="detection dataset (COCO json, VOC or YOLO folder) whose object crops are the classes")
     g.add_argument("--from-split", default="train", help="split of SOURCE to crop; keep the detector's val/test images out (default: train)")
     g.add_argument("--crops-out", metavar="DIR", help="where the crop folder is written (default: OUT/crops); an existing crop folder is reused")
-    add_classes(g, help="keep only these classes of the detection dataset: names, space- or comma-separated")
+    add_classes(g, help="keep only these classes of the detection dataset: names, comma-separated, or the flag repeated")
     g.add_argument("--min-crop", type=int, default=C.min_size, help=f"skip boxes smaller than this many pixels (default: {C.min_size})")
     g.add_argument("--crop-margin", type=float, default=C.margin, help=f"context around each box, fraction of its size (default: {C.margin})")
     g.add_argument("--min-per-class", type=int, default=C.min_per_class, help=f"drop classes with fewer crops (default: {C.min_per_class})")

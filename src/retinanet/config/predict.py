@@ -30,7 +30,11 @@ class PredictConfig:
     save_conf: bool = False
     """Append the score to each YOLO txt line."""
     max_frames: int | None = None
-    """Stop a video or webcam after this many frames (unset: all)."""
+    """Stop a video, stream or webcam after this many frames (unset: a video file or a
+    webcam to its end, a network stream or video URL after stream_max_frames)."""
+    stream_max_frames: int = 9000
+    """Frames read from a network stream or video URL when max_frames is unset (5 minutes
+    at 30 fps): a live stream never ends by itself, and each frame is written out."""
     device: str = "auto"
     """Torch device for checkpoints: auto (CUDA when present, else the CPU), cpu, cuda or cuda:N."""
     threads: int | None = None

@@ -9,7 +9,8 @@ is lexical (``..`` collapsed, absolute names taken as they are): symlinks the us
 inside the folder are followed as laid out. Paths the user writes in a spec or
 data.yaml are the user's choice and are not confined; but when such a path is absolute
 and does not exist (a data.yaml written on another machine), its trailing components are
-looked for only under the yaml's folder (spec_path).
+looked for only under the yaml's folder (spec_path); found nowhere, it is MissingPath,
+which the spec reader keeps until that split is loaded.
 """
 
 from __future__ import annotations
@@ -98,6 +99,10 @@ def relocated(parts: tuple[str, ...], folder: Path) -> Path | None:
     return None
 
 
+class MissingPath(DataError):
+    """An absolute path of a spec written on another machine, found nowhere here."""
+
+
 def spec_path(root: Path, value: Any, where: str, moved: tuple[Path, list[str]] | None = None) -> Path:
     """A path written in a spec or data.yaml: ``value`` relative to ``root``. ``moved`` =
     (the yaml's folder, notes): an absolute path that does not exist here (a data.yaml
@@ -118,7 +123,7 @@ def spec_path(root: Path, value: Any, where: str, moved: tuple[Path, list[str]] 
     folder, notes = moved
     found = relocated(foreign, folder)
     if found is None:
-        raise DataError(f"{where}: {value} does not exist, nor does any trailing part of it under {folder}")
+        raise MissingPath(f"{where}: {value} does not exist, nor does any trailing part of it under {folder}")
     notes.append(f"{where}: {value} does not exist; using {found}")
     return found
 

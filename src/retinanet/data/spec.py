@@ -6,9 +6,11 @@ A source is one of
 - a folder, recognised by its layout (a ``dataset.yaml`` or ``data.yaml`` in it wins):
   COCO  ``annotations/*.json`` (``instances_*.json`` preferred), images beside them;
   VOC   ``*.xml`` in ``Annotations/``, ``annotations/``, the folder itself, or the one
-        sub-folder of xml files beside an image folder (``annots/`` + ``images/``),
-        with split lists in ``ImageSets/Main/<split>.txt`` or ``[data/]<split>_labels.csv``;
-  YOLO  ``images/`` + ``labels/``, split by sub-folders (``images/train``, ...);
+        sub-folder of xml files beside an image folder (``annots/`` + ``images/``), the
+        first few of them looked at for an ``<annotation>`` root, with split lists in
+        ``ImageSets/Main/<split>.txt`` or ``[data/]<split>_labels.csv``;
+  YOLO  ``images/`` + ``labels/``, split by sub-folders (``images/train``, ...); checked
+        before VOC when labels/ holds .txt files (a licence or CVAT xml beside them);
 - a COCO ``.json`` file;
 - a spec ``.yaml``: our dataset spec or an Ultralytics ``data.yaml`` (see docs/datasets.md)::
 
@@ -17,6 +19,9 @@ A source is one of
       names: [raccoon]            # label order (list, or {index: name}); optional
       train: {annotations: annotations, images: images, list: data/train_labels.csv}
       test: data/test_labels.csv  # a string: COCO json / VOC list / YOLO image folder
+
+A path of a data.yaml written on another machine that exists nowhere here (files.spec_path)
+fails only when its split is loaded, so a missing test/ folder does not stop training.
 
 Splits: a requested split is looked up by name (``val`` also matches ``val2017`` and
 ``valid``); ``all`` is every split together. A source that defines no splits (one COCO
@@ -36,9 +41,9 @@ import yaml
 from .check import check_mode, validate
 from .coco import read_coco
 from .dataset import DetectionDataset
-from .files import read_annotation, spec_path, spec_root
+from .files import MissingPath, read_annotation, spec_path, spec_root
 from .report import DataError, DataReport
-from .voc import read_voc, xml_folder_beside_images
+from .voc import holds_voc_xml, read_voc, xml_folder_beside_images
 from .yolo import find_class_file, read_class_file, read_yolo
 
 FORMATS = ("coco", "voc", "yolo")
@@ -63,6 +68,10 @@ class SplitSpec:
     """VOC: the split's list of images (ImageSets txt or csv); None = every xml file."""
     labels: Path | None = None
     """YOLO: the labels folder matching ``images`` (default: images -> labels in the path)."""
+    missing: str = ""
+    """A path of this split that exists nowhere here (a data.yaml of another machine naming,
+    say, a test/ folder that was not copied): the one-line error raised when the split is
+    loaded, so the splits that are there still load."""
 
 
 @dataclass
@@ -98,9 +107,15 @@ def _coco_jsons(root: Path) -> list[Path]:
 
 def _voc_annotation_dir(root: Path) -> Path | None:
     for d in (root / "Annotations", root / "annotations", root):
-        if d.is_dir() and any(p.suffix.lower() == ".xml" for p in d.iterdir()):
+        if holds_voc_xml(d):  # xml files with an <annotation> root, not any xml
             return d
     return xml_folder_beside_images(root)
+
+
+def _yolo_layout(root: Path) -> bool:
+    """images/ + labels/ holding .txt files (in sub-folders too): YOLO, whatever xml files lie about."""
+    labels = root / "labels"
+    return (root / "images").is_dir() and labels.is_dir() and next(labels.rglob("*.txt"), None) is not None
 
 
 def _voc_lists(root: Path) -> dict[str, Path]:
@@ -133,7 +148,7 @@ def detect_layout(root: Path) -> DatasetSpec:
             return DatasetSpec("coco", root, splits={ALL: SplitSpec(annotations=jsons[0])})
         keyed = _keyed(jsons, lambda p: p.stem.removeprefix("instances_"))
         return DatasetSpec("coco", root, splits={k: SplitSpec(annotations=p) for k, p in keyed.items()})
-    ann_dir = _voc_annotation_dir(root)
+    ann_dir = None if _yolo_layout(root) else _voc_annotation_dir(root)
     if ann_dir is not None:
         splits = {ALL: SplitSpec(annotations=ann_dir)}
         splits.update({s: SplitSpec(annotations=ann_dir, list=p) for s, p in _voc_lists(root).items()})
@@ -271,7 +286,12 @@ def read_spec(path: str | Path) -> DatasetSpec:
     for key, value in data.items():
         if key in SPEC_KEYS or key in IGNORED_KEYS or value in (None, ""):
             continue  # Ultralytics leaves unused splits empty (`test:`)
-        splits[str(key)] = _split_from_value(fmt, value, root, detected, f"{path}: {key}", (path.parent, notes))
+        noted = len(notes)
+        try:
+            splits[str(key)] = _split_from_value(fmt, value, root, detected, f"{path}: {key}", (path.parent, notes))
+        except MissingPath as e:  # an error only if this split is loaded
+            del notes[noted:]
+            splits[str(key)] = SplitSpec(missing=str(e))
     if not splits:
         if detected is None or detected.format != fmt:
             raise DataError(f"{path}: names no splits (train, val, test)")
@@ -309,7 +329,7 @@ def _read_split(
         return read_coco(ss.annotations, images, class_names, report, allow_outside_root)
     if spec.format == "voc":
         assert ss.annotations is not None
-        return read_voc(ss.annotations, images, class_names, ss.list, report, progress, allow_outside_root)
+        return read_voc(ss.annotations, images, class_names, ss.list, report, progress, allow_outside_root, spec.root)
     return read_yolo(ss.images, class_names, ss.labels, report, progress, spec.root, allow_outside_root)
 
 
@@ -344,6 +364,8 @@ def read_split(
     source = spec.file or spec.root
 
     def read(ss: SplitSpec) -> DetectionDataset:
+        if ss.missing:
+            raise DataError(ss.missing)
         return _read_split(spec, ss, names, report, progress, allow_outside_root)
 
     if split in spec.splits:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import csv
 import io
 import math
+import os
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from itertools import islice
@@ -28,11 +29,21 @@ from pathlib import Path
 
 import numpy as np
 from defusedxml import DefusedXmlException
+from defusedxml.ElementTree import iterparse
 from defusedxml.ElementTree import parse as parse_xml
 from tqdm import tqdm
 
 from .dataset import DetectionDataset, Record
-from .files import file_inside, header_size, inside_root, output_path, place_images, report_outside, read_annotation
+from .files import (
+    file_inside,
+    header_size,
+    inside_root,
+    lies_inside,
+    output_path,
+    place_images,
+    read_annotation,
+    report_outside,
+)
 from .images import IMAGE_SUFFIXES, is_file
 from .report import DataError, DataReport
 
@@ -151,23 +162,58 @@ def _holds(folder: Path, suffixes: tuple[str, ...]) -> bool:
     return folder.is_dir() and any(p.suffix.lower() in suffixes for p in folder.iterdir())
 
 
+VOC_PROBE = 3  # xml files of a folder whose root element is looked at to call it VOC
+
+
+def _annotation_root(path: Path) -> bool:
+    """Whether the xml file's root element is <annotation> (only its start is parsed, by
+    defusedxml: a DTD, an entity or an external reference counts as not)."""
+    try:
+        for _, element in iterparse(str(path), events=("start",), forbid_dtd=True, forbid_entities=True, forbid_external=True):
+            return element.tag == "annotation"
+    except (DefusedXmlException, ET.ParseError, ValueError, LookupError, OSError):
+        pass
+    return False
+
+
+def holds_voc_xml(folder: Path) -> bool:
+    """Whether one of the first few .xml files in ``folder`` (sorted) is a VOC annotation:
+    a licence, CVAT metadata or other xml file does not make a folder VOC."""
+    if not folder.is_dir():
+        return False
+    xml = sorted(p for p in folder.iterdir() if p.suffix.lower() == ".xml")
+    return any(_annotation_root(p) for p in xml[:VOC_PROBE])
+
+
 def xml_folder_beside_images(root: Path) -> Path | None:
-    """The one sub-folder of ``root`` holding .xml files, when another sub-folder holds
+    """The one sub-folder of ``root`` holding VOC .xml files, when another sub-folder holds
     images (``annots/`` + ``images/``, as some public datasets ship VOC files); else None."""
     subdirs = sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
-    xml = [d for d in subdirs if _holds(d, (".xml",))]
+    xml = [d for d in subdirs if holds_voc_xml(d)]
     if len(xml) == 1 and any(_holds(d, IMAGE_SUFFIXES) for d in subdirs if d != xml[0]):
         return xml[0]
     return None
 
 
-def guess_images_dir(ann_dir: Path, probe: list[str]) -> Path:
-    """JPEGImages (the devkit), images, the annotation folder itself, its parent, or another
-    folder beside it: the first holding one of the ``probe`` names (names leaving a
-    candidate do not count)."""
-    root = ann_dir.parent
-    candidates = [root / "JPEGImages", root / "images", ann_dir, root]
-    candidates += sorted(d for d in root.iterdir() if d.is_dir() and d not in candidates) if root.is_dir() else []
+def _within(path: Path, root: Path) -> bool:
+    """``path`` is ``root`` or lies inside it (files.lies_inside)."""
+    return os.path.abspath(path) == os.path.abspath(root) or lies_inside(path, root)
+
+
+def guess_images_dir(ann_dir: Path, probe: list[str], root: Path | None = None) -> Path:
+    """JPEGImages (the devkit), images, the annotation folder itself, its parent, another
+    folder beside it, or the annotation folder's own JPEGImages or images: the first holding
+    one of the ``probe`` names (names leaving a candidate do not count). Only ``root`` (the
+    dataset folder the user named; default, or when the annotations lie outside it: their
+    parent) and folders inside it are candidates: xml files directly in the user's folder
+    never lead to the folders beside it."""
+    parent = ann_dir.parent
+    if root is None or not _within(ann_dir, root):
+        root = parent
+    candidates = [parent / "JPEGImages", parent / "images", ann_dir, parent]
+    candidates += sorted(d for d in parent.iterdir() if d.is_dir() and d not in candidates) if parent.is_dir() else []
+    candidates += [ann_dir / "JPEGImages", ann_dir / "images"]
+    candidates = [c for c in candidates if _within(c, root)]
     for c in candidates:
         if any(file_inside(c, f) for f in probe):
             return c
@@ -242,6 +288,7 @@ def read_voc(
     report: DataReport | None = None,
     progress: bool = True,
     allow_outside_root: bool = False,
+    root: str | Path | None = None,
 ) -> DetectionDataset:
     """Read every ``*.xml`` in ``ann_dir`` (or only those a split list names).
 
@@ -249,7 +296,8 @@ def read_voc(
     keeps its id whichever split it is loaded in. Without ``class_names`` the classes
     are the sorted names found in all the folder's files (not just the split's), so
     train and test splits get the same labels. A ``<filename>`` leaving the image folder
-    is an error (OUTSIDE_ROOT) unless ``allow_outside_root``.
+    is an error (OUTSIDE_ROOT) unless ``allow_outside_root``. Without ``images_dir`` the
+    images are looked for inside ``root``, the dataset folder (guess_images_dir).
     """
     ann_dir = Path(ann_dir)
     report = report if report is not None else DataReport(source=str(ann_dir))
@@ -265,7 +313,7 @@ def read_voc(
     label_of = {n: k for k, n in enumerate(names)}
     # probe with names that stay inside a folder: an absolute one would match any candidate
     probe = islice((vf.filename for vf in parsed if vf and vf.filename and inside_root(ann_dir, vf.filename)), 5)
-    images_dir = Path(images_dir) if images_dir is not None else guess_images_dir(ann_dir, list(probe))
+    images_dir = Path(images_dir) if images_dir is not None else guess_images_dir(ann_dir, list(probe), Path(root) if root else None)
     selected = range(len(xml_files)) if split_list is None else _select(xml_files, parsed, split_list, ann_dir, report)
     records = []
     for i in selected:

@@ -32,9 +32,19 @@ REQUIRED_KEYS: dict[str, Callable[[str], Any]] = {
     "nms_iou": float,
     "max_detections": int,
 }
-# Optional keys: checked when present (exports of checkpoints without the value lack them).
+
+
+def parse_bool(text: str) -> bool:
+    """'true' / 'false', as the exporter writes them; ValueError otherwise."""
+    if text not in ("true", "false"):
+        raise ValueError(f"expected true or false, got {text!r}")
+    return text == "true"
+
+
+# Optional keys: checked when present (exports of checkpoints without the value, or older exports, lack them).
 CONF_THRESHOLD_KEY = "conf_threshold"  # the score with the best F1 on the validation split (training chose it)
-OPTIONAL_KEYS: dict[str, Callable[[str], Any]] = {CONF_THRESHOLD_KEY: float}
+AGNOSTIC_KEY = "agnostic"  # the model's postprocess.agnostic: the runtime's default NMS mode (absent: per class)
+OPTIONAL_KEYS: dict[str, Callable[[str], Any]] = {CONF_THRESHOLD_KEY: float, AGNOSTIC_KEY: parse_bool}
 
 
 def metadata_of(model: onnx.ModelProto) -> dict[str, str]:

@@ -6,8 +6,9 @@ detections, NMS inside.
 
 ``score_threshold`` and ``iou_threshold`` are optional inputs (shape (1,), defaulting to
 the model's values), so a runtime can change them without re-exporting. The class names,
-category ids, input size and thresholds travel in the model's metadata_props (metadata.py),
-with the confidence threshold training chose (best.pt's conf_threshold) when there is one.
+category ids, input size, thresholds and NMS mode (``agnostic``) travel in the model's
+metadata_props (metadata.py), with the confidence threshold training chose (best.pt's
+conf_threshold) when there is one.
 
 Exporter choice: torch.onnx's dynamo exporter (torch.export + onnxscript), the default in
 torch 2.14; the custom ops' translations are in ops.py.
@@ -31,7 +32,7 @@ from ..config.export import OPSET, ExportConfig
 from ..preprocess import RECT_STRIDE
 from .graph import DetectionGraph
 from .letterbox import letterbox_graph
-from .metadata import CONF_THRESHOLD_KEY, EXPORT_FORMAT, IOU_INPUT, NAME_SCOPES_KEY, OUTPUT_NAMES, SCORE_INPUT, set_metadata
+from .metadata import AGNOSTIC_KEY, CONF_THRESHOLD_KEY, EXPORT_FORMAT, IOU_INPUT, NAME_SCOPES_KEY, OUTPUT_NAMES, SCORE_INPUT, set_metadata
 from .ops import onnx_translations
 from .quiet import quiet_logger
 
@@ -130,6 +131,9 @@ def _metadata(model: nn.Module, size: int, rect: bool, post: PostprocessConfig, 
         "nms_iou": str(post.nms_iou),
         "max_detections": str(rows),
         "topk": str(post.topk),
+        # The graph's NMS is per class; a runtime runs class-agnostic NMS after it when this is
+        # true (api.Detector's default, from the model's postprocess.agnostic).
+        AGNOSTIC_KEY: str(bool(post.agnostic)).lower(),
         "preset": str(model.cfg.preset),
         # The anchors the graph was built with (fitted to the training data when coverage.py
         # fitted them): per-level sizes, scales and ratios, as in model.anchors.
