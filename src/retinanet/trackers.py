@@ -37,7 +37,7 @@ LAYOUT = {
 
 
 class TensorBoard:
-    """Event files in the run folder (``tensorboard --logdir runs/train`` shows every run)."""
+    """Event files in the run folder (TensorBoard pointed at runs/train shows every run)."""
 
     name = "tensorboard"
     images = True
