@@ -62,3 +62,29 @@ def test_draw_boxes_orders_by_scores_and_keeps_given_order_without():
     top = lambda t: tuple(t[:, int(BOX[1]), 60].tolist())
     assert top(by_score) == class_color(BEST)
     assert top(as_given) == class_color(WEAK)
+
+
+def _label_strip(side: int, colour: tuple[int, int, int]) -> tuple[int, torch.Tensor]:
+    """Rows of label background (box colour) at a box's top-left corner on a black
+    side x side grey image, and that corner's pixels."""
+    from retinanet.draw import draw_boxes
+
+    img = torch.full((3, side, side), 128, dtype=torch.uint8)  # grey: black or white pixels are text
+    x1, y1 = int(side * 0.2), int(side * 0.3)
+    out = draw_boxes(img, torch.tensor([[x1, y1, side * 0.8, side * 0.9]]), ["person 0.91"], [colour])
+    corner = out[:, y1 : y1 + side // 8, x1 : x1 + side // 3]  # the label sits in this corner
+    column = corner[:, :, max(1, round(side / 320)) + 1].T  # just inside the box's left edge, (H, 3)
+    height = int((column == torch.tensor(colour, dtype=torch.uint8)).all(1).sum())  # rows of label background
+    return height, corner
+
+
+def test_labels_grow_with_the_image_and_text_follows_contrast():
+    from retinanet.draw import class_color
+
+    small, _ = _label_strip(320, class_color(3))
+    large, _ = _label_strip(1920, class_color(3))
+    assert small >= 8 and large >= 3 * small  # a fixed-size label would stay about as tall
+    for colour, text in (((250, 240, 120), (0, 0, 0)), ((30, 30, 140), (255, 255, 255))):
+        _, strip = _label_strip(960, colour)
+        pixels = strip.reshape(3, -1).T
+        assert (pixels == torch.tensor(text, dtype=torch.uint8)).all(1).sum() > 20  # the text is in that colour
