@@ -64,7 +64,7 @@ def test_draw_boxes_orders_by_scores_and_keeps_given_order_without():
     assert top(as_given) == class_color(WEAK)
 
 
-def _label_strip(side: int, colour: tuple[int, int, int]) -> tuple[int, torch.Tensor]:
+def _corner_label(side: int, colour: tuple[int, int, int]) -> tuple[int, torch.Tensor]:
     """Rows of label background (box colour) at a box's top-left corner on a black
     side x side grey image, and that corner's pixels."""
     from retinanet.draw import draw_boxes
@@ -81,10 +81,10 @@ def _label_strip(side: int, colour: tuple[int, int, int]) -> tuple[int, torch.Te
 def test_labels_grow_with_the_image_and_text_follows_contrast():
     from retinanet.draw import class_color
 
-    small, _ = _label_strip(320, class_color(3))
-    large, _ = _label_strip(1920, class_color(3))
+    small, _ = _corner_label(320, class_color(3))
+    large, _ = _corner_label(1920, class_color(3))
     assert small >= 8 and large >= 3 * small  # a fixed-size label would stay about as tall
     for colour, text in (((250, 240, 120), (0, 0, 0)), ((30, 30, 140), (255, 255, 255))):
-        _, strip = _label_strip(960, colour)
+        _, strip = _corner_label(960, colour)
         pixels = strip.reshape(3, -1).T
         assert (pixels == torch.tensor(text, dtype=torch.uint8)).all(1).sum() > 20  # the text is in that colour
