@@ -40,3 +40,20 @@ def _seed_and_threads():
     torch.manual_seed(0)
     torch.set_num_threads(2)
     yield
+
+
+@pytest.fixture(scope="session")
+def exported(tmp_path_factory):
+    """(checkpoint, exported .onnx) of test_export.build_test_model(), written once per
+    session and shared by every test module that predicts with a model."""
+    from test_export import shared_export
+
+    return shared_export(tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def onnx_detector(exported):
+    """A Detector over the shared ONNX model, at a low confidence (the model is untrained)."""
+    from retinanet.api import Detector
+
+    return Detector(exported[1], conf=0.03)

@@ -12,7 +12,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from test_export import build_test_model, shared_export
+from test_export import build_test_model
 from torchvision.ops import box_iou, nms
 
 from retinanet.api import Detector, after_graph, agnostic_nms, graph_iou
@@ -31,11 +31,6 @@ from retinanet.postprocess import postprocess
 ANCHORS = torch.tensor([[10.0, 10.0, 50.0, 50.0], [11.0, 10.0, 51.0, 50.0]])
 LOGITS = torch.tensor([[[3.0, -9.0], [-9.0, 2.0]]])  # (1, 2 anchors, 2 classes)
 CAT, DOG = 0, 1
-
-
-@pytest.fixture(scope="session")
-def exported(tmp_path_factory):
-    return shared_export(tmp_path_factory)
 
 
 @pytest.fixture(scope="module")

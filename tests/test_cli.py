@@ -10,15 +10,10 @@ import cv2
 import numpy as np
 import pytest
 from PIL import Image
-from test_export import CATEGORY_IDS, CLASS_NAMES, shared_export
+from test_export import CATEGORY_IDS, CLASS_NAMES
 
 from retinanet.cli import main
 
-
-@pytest.fixture(scope="session")
-def exported(tmp_path_factory):
-    """The checkpoint and .onnx export test_export.py uses (written once per session)."""
-    return shared_export(tmp_path_factory)
 
 COCO = ["000000000009.jpg", "000000000025.jpg", "000000000034.jpg"]
 

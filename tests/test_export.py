@@ -100,11 +100,6 @@ def shared_export(tmp_path_factory) -> tuple[Path, Path]:
     return _build_files(tmp_path_factory.getbasetemp() / "export_shared")
 
 
-@pytest.fixture(scope="session")
-def exported(tmp_path_factory) -> tuple[Path, Path]:
-    return shared_export(tmp_path_factory)
-
-
 def real_images(coco128: Path, raccoon: Path) -> list[Path]:
     return [coco128 / "train2017" / f for f in COCO_IMAGES] + [raccoon / "images" / f for f in RACCOON_IMAGES]
 

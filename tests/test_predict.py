@@ -7,16 +7,10 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from test_export import CATEGORY_IDS, CLASS_NAMES, build_test_model, shared_export
+from test_export import CATEGORY_IDS, CLASS_NAMES, build_test_model
 
 from retinanet.api import Detector, Result, annotate, expand_images
 from retinanet.data.images import ImageError, read_image
-
-
-@pytest.fixture(scope="session")
-def exported(tmp_path_factory):
-    """The checkpoint and .onnx export test_export.py uses (written once per session)."""
-    return shared_export(tmp_path_factory)
 
 
 @pytest.fixture(scope="module")

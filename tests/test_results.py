@@ -10,20 +10,10 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from test_export import shared_export
 
-from retinanet.api import Detector, Result, annotate
+
+from retinanet.api import Result, annotate
 from retinanet.data.images import read_image
-
-
-@pytest.fixture(scope="session")
-def exported(tmp_path_factory):
-    return shared_export(tmp_path_factory)
-
-
-@pytest.fixture(scope="module")
-def detector(exported):
-    return Detector(exported[1], conf=0.03)
 
 
 @pytest.fixture(scope="module")
@@ -50,8 +40,8 @@ def _coded_image(h: int = 50, w: int = 60) -> torch.Tensor:
     return torch.from_numpy(np.stack([ys, xs, np.full_like(ys, 7)]).astype(np.uint8))
 
 
-def test_plot_and_save_draw_the_detections_on_the_kept_image(detector, photo, tmp_path):
-    r = detector.predict(photo)
+def test_plot_and_save_draw_the_detections_on_the_kept_image(onnx_detector, photo, tmp_path):
+    r = onnx_detector.predict(photo)
     assert r.image is not None and tuple(r.image.shape) == (3, *r.image_size)
     drawn = r.plot()
     original = read_image(photo).permute(1, 2, 0).numpy()
@@ -65,11 +55,11 @@ def test_plot_and_save_draw_the_detections_on_the_kept_image(detector, photo, tm
     assert odd.name == "drawn.png" and odd.exists()
 
 
-def test_the_image_is_a_reference_and_can_be_let_go(detector, photo):
+def test_the_image_is_a_reference_and_can_be_let_go(onnx_detector, photo):
     chw = read_image(photo)
-    r = detector.predict(chw)
+    r = onnx_detector.predict(chw)
     assert r.image.data_ptr() == chw.data_ptr()  # no copy of the pixels
-    a, b = detector.predict([photo, chw])
+    a, b = onnx_detector.predict([photo, chw])
     assert torch.equal(a.image, chw) and b.image.data_ptr() == chw.data_ptr()
     r.image = None
     with pytest.raises(ValueError, match=r"Result.plot\(\) needs the image, and this Result holds none"):
@@ -90,8 +80,8 @@ def test_crops_hand_computed():
     assert half.crops()[0].shape == (6, 6, 3) and half.crops()[0][0, 0].tolist() == [2, 5, 7]  # y 2.85..7.5, x 5.1..10.25
 
 
-def test_crops_of_real_detections(detector, photo):
-    r = detector.predict(photo)
+def test_crops_of_real_detections(onnx_detector, photo):
+    r = onnx_detector.predict(photo)
     crops = r.crops()
     assert len(crops) == len(r) > 5
     pixels = read_image(photo).permute(1, 2, 0).numpy()
@@ -117,8 +107,8 @@ def test_to_json_hand_computed():
     assert json.loads(empty.to_json(indent=2))["detections"] == []
 
 
-def test_to_json_of_a_prediction(detector, photo):
-    r = detector.predict(photo)
+def test_to_json_of_a_prediction(onnx_detector, photo):
+    r = onnx_detector.predict(photo)
     data = json.loads(r.to_json())
     assert data["source"] == str(photo) and (data["height"], data["width"]) == r.image_size
     assert [d["name"] for d in data["detections"]] == r.names
