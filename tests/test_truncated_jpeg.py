@@ -131,3 +131,17 @@ def test_the_training_data_report_shows_the_fix(voc, tmp_path, capsys):
     RunFolder(tmp_path / "run").report_data(coverage, ds, None)
     assert f"data train: fixed: {path}: {CUT}: the file ends early" in capsys.readouterr().out
     assert "fixed - truncated image: 1" in (tmp_path / "run" / "data_train.txt").read_text()
+
+
+def test_downloaded_bytes_are_decoded_and_repaired_as_a_file_is(voc, raccoon):
+    from retinanet.sources import decode_bytes
+
+    path = cut(voc / "JPEGImages" / CUT, -20)
+    image, size = decode_bytes(path.read_bytes(), "http://127.0.0.1/x.jpg")
+    assert torch_equal(image, read_image(path)) and size == tuple(read_image(path).shape[-2:])
+    with pytest.raises(ImageError, match=r"^http://127\.0\.0\.1/y\.jpg: cannot decode image"):
+        decode_bytes(b"not a picture", "http://127.0.0.1/y.jpg")
+
+
+def torch_equal(a, b) -> bool:
+    return a.shape == b.shape and bool((a == b).all())

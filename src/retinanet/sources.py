@@ -19,11 +19,9 @@ the URL.
 from __future__ import annotations
 
 import glob as globlib
-import io
 import re
 import urllib.error
 import urllib.request
-import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -34,17 +32,13 @@ from urllib.parse import urlsplit
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps
+from PIL import Image
 from torch import Tensor
 
 from .data.images import (
     IMAGE_SUFFIXES,
-    NO_ROTATION,
-    SWAPS_SIDES,
     ImageError,
-    check_pixels,
-    draft_request,
-    exif_orientation,
+    read_bytes_for,
     read_image_for,
     to_rgb,
 )
@@ -194,28 +188,10 @@ def url_kind(url: str) -> str:
 
 def decode_bytes(data: bytes, name: str, min_side: int | None = None) -> tuple[Tensor, Size]:
     """An image file's bytes -> (3, H, W) uint8 RGB tensor in displayed orientation and the
-    image's (H, W), as data.images.read_image_for does for a file (``min_side``: a large
-    JPEG may decode reduced, its longer side kept at least that)."""
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            img = Image.open(io.BytesIO(data))
-        w, h = img.size
-        request = draft_request(w, h, min_side) if min_side and img.format == "JPEG" else None
-        if request:
-            img.draft("RGB", request)
-        check_pixels(name, *img.size)  # from the header, before decoding
-        orientation = exif_orientation(img)
-        img.load()
-        if orientation != NO_ROTATION:
-            img = ImageOps.exif_transpose(img)
-        rgb = np.array(to_rgb(img))  # (H, W, 3), writable
-    except ImageError:
-        raise
-    except Exception as e:  # PIL raises many kinds: UnidentifiedImageError, OSError, SyntaxError...
-        raise ImageError(f"{name}: cannot decode image ({type(e).__name__}: {e})") from None
-    size = (w, h) if orientation in SWAPS_SIDES else (h, w)
-    return torch.from_numpy(rgb).permute(2, 0, 1), size  # (H, W, 3) -> (3, H, W) view
+    image's (H, W), by the same rules as a file (data.images: EXIF rotation, every mode to
+    RGB, the pixel limit, a slightly truncated JPEG repaired; ``min_side``: a large JPEG
+    may decode reduced, its longer side kept at least that)."""
+    return read_bytes_for(data, name, min_side)
 
 
 def read_url(url: str, min_side: int | None = None) -> tuple[Tensor, Size]:

@@ -29,6 +29,7 @@ import io
 import os
 import shutil
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -195,7 +196,7 @@ def draft_request(width: int, height: int, min_side: int) -> tuple[int, int] | N
     return max(1, -(-width * min_side // longer)), max(1, -(-height * min_side // longer))
 
 
-def _cannot_decode(path: Path, e: Exception) -> ImageError:
+def _cannot_decode(path: Path | str, e: Exception) -> ImageError:
     return ImageError(f"{path}: cannot decode image ({type(e).__name__}: {e})")
 
 
@@ -243,7 +244,7 @@ def _missing_rows(path: Path, data: bytes) -> float:
     raise ImageError(f"{path}: cannot decode image ({why})")
 
 
-def _load(img: Image.Image, path: Path) -> float | None:
+def _load(img: Image.Image, path: Path | str, raw: Callable[[], bytes] | None = None) -> float | None:
     """Decode ``img``; None when its file is whole. A JPEG that ends early is measured
     instead (the fraction of rows missing, or ImageError beyond the limit) and left
     undecoded: the caller decodes its repaired bytes."""
@@ -253,7 +254,7 @@ def _load(img: Image.Image, path: Path) -> float | None:
     except OSError as e:
         if img.format != "JPEG" or not str(e).startswith(_TRUNCATED):
             raise
-    return _missing_rows(path, path.read_bytes())
+    return _missing_rows(path, raw() if raw else Path(path).read_bytes())
 
 
 def decode_image(path: str | Path, min_side: int | None = None) -> Decoded:
@@ -263,7 +264,21 @@ def decode_image(path: str | Path, min_side: int | None = None) -> Decoded:
     decode at reduced size with its longer side still at least ``min_side``; boxes found
     on it must be scaled to ``size``, the file's frame."""
     path = Path(path)
-    img = _open_checked(path)
+    return _decode(_open_checked(path), path, path.read_bytes, min_side)
+
+
+def decode_image_bytes(data: bytes, name: str, min_side: int | None = None) -> Decoded:
+    """decode_image for an image file's bytes held in memory (a download); ``name`` (its
+    URL) is what messages name."""
+    try:
+        img = _open(io.BytesIO(data))
+    except Exception as e:  # PIL raises many kinds: UnidentifiedImageError, OSError, SyntaxError...
+        raise _cannot_decode(name, e) from None
+    return _decode(img, name, lambda: data, min_side)
+
+
+def _decode(img: Image.Image, path: Path | str, raw: Callable[[], bytes], min_side: int | None) -> Decoded:
+    """An opened image file decoded (drafted, repaired when truncated, rotated upright)."""
     keep = False
     try:
         w, h = img.size
@@ -272,11 +287,11 @@ def decode_image(path: str | Path, min_side: int | None = None) -> Decoded:
             img.draft("RGB", request)
         check_pixels(path, *img.size)  # from the header, before decoding
         orientation = exif_orientation(img)
-        missing = _load(img, path)  # decode fully now: truncated files fail here, not later
+        missing = _load(img, path, raw)  # decode fully now: truncated files fail here, not later
         if missing is None:
             rgb = _rgb(img)
         else:
-            repaired = _repaired(path.read_bytes())
+            repaired = _repaired(raw())
             if request:
                 repaired.draft("RGB", request)
             rgb = to_rgb(repaired)
@@ -328,7 +343,15 @@ def read_image(path: str | Path) -> torch.Tensor:
 def read_image_for(path: str | Path, min_side: int | None = None) -> tuple[torch.Tensor, tuple[int, int]]:
     """read_image for inference: the tensor, possibly drafted (see decode_image), and the
     file's (height, width) that boxes found on the tensor must be scaled to."""
-    decoded = decode_image(path, min_side)
+    return _as_tensor(decode_image(path, min_side))
+
+
+def read_bytes_for(data: bytes, name: str, min_side: int | None = None) -> tuple[torch.Tensor, tuple[int, int]]:
+    """read_image_for of an image file's bytes in memory (a download named ``name``)."""
+    return _as_tensor(decode_image_bytes(data, name, min_side))
+
+
+def _as_tensor(decoded: Decoded) -> tuple[torch.Tensor, tuple[int, int]]:
     return torch.from_numpy(_to_array(decoded.image)).permute(2, 0, 1), decoded.size  # (H, W, 3) -> (3, H, W) view
 
 
