@@ -15,7 +15,8 @@ import torch
 from test_export import build_test_model
 from torchvision.ops import box_iou, nms
 
-from retinanet.api import Detector, after_graph, agnostic_nms, graph_iou
+from retinanet.api import Detector
+from retinanet.backends import after_graph, agnostic_nms, graph_iou
 from retinanet.boxes import BoxCoder
 from retinanet.checkpoint import save_checkpoint
 from retinanet.cli import build_parser, main

@@ -1,9 +1,10 @@
 """Python API for inference: one ``Detector`` for checkpoints (.pt, run by PyTorch) and
-exported models (.onnx, run by ONNX Runtime), with the same inputs and outputs.
+exported models (.onnx run by ONNX Runtime, .xml by OpenVINO; backends.py), with the same
+inputs and outputs.
 
     from retinanet.api import Detector
 
-    det = Detector("runs/train/best.pt")          # or "model.onnx", or a RetinaNet
+    det = Detector("runs/train/best.pt")          # or "model.onnx", "model.xml", or a RetinaNet
     r = det.predict("photo.jpg")                  # a Result
     r.boxes, r.scores, r.labels, r.names          # boxes (D, 4) xyxy in photo pixels
     rs = det.predict(["a.jpg", pil_image, rgb_array, chw_tensor])   # a list of Results
@@ -28,139 +29,17 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from torch import Tensor
 
+from .backends import CONF_KEY, OnnxBackend, OpenVinoBackend, TorchBackend, stored_conf
 from .config import PredictConfig
-from .data.images import to_uint8
 from .results import Result, annotate, to_frame
 from .sources import Input, expand_images, load_inputs, open_source, read_inputs
 
 ONNX_SUFFIXES = (".onnx",)
+OPENVINO_SUFFIXES = (".xml",)
 CHECKPOINT_SUFFIXES = (".pt", ".pth", ".ckpt")
-CONF_KEY = "conf_threshold"  # the score threshold a checkpoint (top-level key), an export (metadata) or a model may carry
 Size = tuple[int, int]
-
-
-# ----------------------------------------------------------------------------- backends
-
-
-class _TorchBackend:
-    name = "torch"
-
-    def __init__(self, model, device: str | torch.device):
-        from .runtime import resolve_device
-
-        self.device = resolve_device(str(device))  # 'auto': CUDA when present, else the CPU
-        self.model = model.eval().to(self.device)
-        post = model.cfg.postprocess
-        self.score_thresh, self.nms_iou, self.max_detections = post.score_thresh, post.nms_iou, post.max_detections
-        self.agnostic = bool(getattr(post, "agnostic", False))
-        self.stored_conf: float | None = None  # set by Detector from the checkpoint, when it has one
-
-    def run(self, images: list[Tensor], conf: float, iou: float, max_det: int, agnostic: bool) -> list[tuple[np.ndarray, ...]]:
-        # This call's settings, never written into the model: concurrent calls stay independent.
-        post = dataclasses.replace(
-            self.model.cfg.postprocess, score_thresh=conf, nms_iou=iou, max_detections=max_det, agnostic=agnostic
-        )
-        dets = self.model.predict([im.to(self.device) for im in images], post=post)
-        return [(d.boxes.cpu().numpy(), d.scores.cpu().numpy(), d.labels.cpu().numpy()) for d in dets]
-
-
-class _OnnxBackend:
-    name = "onnx"
-
-    def __init__(self, path: Path, threads: int | None, spin: bool = True):
-        import onnxruntime as ort
-
-        from .export.metadata import AGNOSTIC_KEY, IOU_INPUT, SCORE_INPUT, parse_bool, read_metadata
-
-        self.path = path
-        self.meta = read_metadata(path)
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = threads or torch.get_num_threads()
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        opts.log_severity_level = 3  # the overridable threshold inputs would warn on every load
-        # ONNX Runtime's default: intra-op threads spin between the graph's ~500 ops instead
-        # of sleeping and being woken for each (measured on 2 cores, 320 px: 8.3 ms instead
-        # of 10.2). spin=False suits a machine shared with other busy threads, which
-        # spinning threads would steal cores from.
-        opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
-        try:
-            self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-        except Exception as e:
-            raise RuntimeError(f"{path}: ONNX Runtime cannot load this model: {e}") from e
-        self.score_input, self.iou_input = SCORE_INPUT, IOU_INPUT
-        self.score_thresh = float(self.meta["score_thresh"])
-        self.nms_iou = float(self.meta["nms_iou"])
-        self.max_detections = int(self.meta["max_detections"])
-        self.agnostic = parse_bool(self.meta.get(AGNOSTIC_KEY, "false"))  # the exported model's postprocess.agnostic
-        self.stored_conf = stored_conf(self.meta.get(CONF_KEY))
-
-    def run(self, images: list[Tensor], conf: float, iou: float, max_det: int, agnostic: bool) -> list[tuple[np.ndarray, ...]]:
-        # One run per group of same-sized images: the graph takes (N, H, W, 3) uint8.
-        out: list[Any] = [None] * len(images)
-        groups: dict[tuple[int, int], list[int]] = {}
-        for i, im in enumerate(images):
-            groups.setdefault(tuple(im.shape[-2:]), []).append(i)
-        for idx in groups.values():
-            batch = np.stack([_to_hwc_uint8(images[i]) for i in idx])  # (N, H, W, 3)
-            feeds = {
-                "images": batch,
-                self.score_input: np.array([conf], np.float32),
-                self.iou_input: np.array([graph_iou(iou, agnostic)], np.float32),
-            }
-            try:
-                boxes, scores, labels, count = self.session.run(None, feeds)
-            except Exception as e:  # onnxruntime's own error types: one line naming the file
-                raise RuntimeError(f"{self.path}: ONNX Runtime failed on this model: {str(e).splitlines()[0]}") from e
-            for j, i in enumerate(idx):
-                n = int(count[j])
-                out[i] = after_graph(boxes[j, :n], scores[j, :n], labels[j, :n], iou, max_det, agnostic)
-        return out
-
-
-def graph_iou(iou: float, agnostic: bool) -> float:
-    """The IoU threshold fed to an exported graph, whose NMS is per class: ``iou``, or with
-    ``agnostic`` 1.0, so that its NMS removes nothing and after_graph's class-agnostic NMS
-    sees every candidate (per-class NMS first would drop boxes that agnostic NMS keeps)."""
-    return 1.0 if agnostic else iou
-
-
-def after_graph(
-    boxes: np.ndarray, scores: np.ndarray, labels: np.ndarray, iou: float, max_det: int, agnostic: bool
-) -> tuple[np.ndarray, ...]:
-    """One image's detections from an exported graph run at graph_iou(iou, agnostic) ->
-    the final ones: class-agnostic NMS at ``iou`` when ``agnostic``, then the best ``max_det``."""
-    found = agnostic_nms(boxes, scores, labels, iou) if agnostic else (boxes, scores, labels)
-    return tuple(a[:max_det] for a in found)  # sorted best first: a cut keeps the best
-
-
-def agnostic_nms(boxes: np.ndarray, scores: np.ndarray, labels: np.ndarray, iou: float) -> tuple[np.ndarray, ...]:
-    """Class-agnostic NMS over one image's detections (boxes (D, 4), scores, labels), best first."""
-    if len(scores) < 2:
-        return boxes, scores, labels
-    from torchvision.ops import nms
-
-    keep = nms(torch.from_numpy(np.ascontiguousarray(boxes)), torch.from_numpy(np.ascontiguousarray(scores)), iou).numpy()
-    return boxes[keep], scores[keep], labels[keep]
-
-
-def stored_conf(value: Any) -> float | None:
-    """A model's stored score threshold (checkpoint key or ONNX metadata CONF_KEY) as a float
-    in [0, 1), or None when it is absent or not such a number."""
-    try:
-        conf = float(value)
-    except (TypeError, ValueError, RuntimeError):  # absent, text, a tensor of many values
-        return None
-    return conf if 0 <= conf < 1 else None
-
-
-def _to_hwc_uint8(t: Tensor) -> np.ndarray:
-    t = to_uint8(t)
-    # uint8 input (the usual case) stays in numpy, not torch: a torch op here would wake PyTorch's OpenMP threads, which then spin
-    # on the cores ONNX Runtime is about to use (bench/inference.py: 11.6 -> 10.1 ms on 2 cores).
-    return np.ascontiguousarray(t.numpy().transpose(1, 2, 0))  # (3, H, W) -> (H, W, 3)
 
 
 # ----------------------------------------------------------------------------- Detector
@@ -180,13 +59,14 @@ class _Settings:
 class Detector:
     """Loads a model once; ``predict`` runs it on images of any size.
 
-    model: a checkpoint (.pt), an exported model (.onnx) or a built RetinaNet.
+    model: a checkpoint (.pt), an exported model (.onnx, or OpenVINO's .xml) or a built RetinaNet.
     conf: default score threshold (None: the one the checkpoint or export stores, else
     PredictConfig.fallback_conf, 0.25). iou, max_det: NMS IoU and detections per image
     (None: the model's own values). agnostic: class-agnostic NMS (None: the model's own
     postprocess.agnostic, which an export stores; default per class). classes: keep only
     these classes (names or indices).
-    device: torch device for checkpoints; threads: ONNX Runtime intra-op threads.
+    device: torch device for checkpoints, OpenVINO device for .xml ('auto' and 'cpu': the
+    CPU; 'gpu', 'npu'); threads: ONNX Runtime / OpenVINO CPU threads.
     spin: let ONNX Runtime's idle threads spin (its default, fastest) rather than sleep.
     batch_size: images per forward pass.
     """
@@ -208,11 +88,11 @@ class Detector:
         stored = None
         if isinstance(model, (str, Path)):
             self.path = Path(model)
-            model, stored = self._load(self.path, threads, spin)
+            model, stored = self._load(self.path, threads, spin, device)
         if model is not None:  # a RetinaNet, or a checkpoint's
             if not hasattr(model, "predict") or not hasattr(model, "cfg"):
                 raise ValueError(f"Detector needs a model path or a RetinaNet, got a {type(model).__name__}")
-            self.backend: Any = _TorchBackend(model, device)
+            self.backend: Any = TorchBackend(model, device)
             # a checkpoint's stored threshold, or the one a loaded model carries (RetinaNet.conf_threshold)
             self.backend.stored_conf = stored if stored is not None else stored_conf(getattr(model, CONF_KEY, None))
             self.class_names = list(model.class_names)
@@ -228,13 +108,16 @@ class Detector:
         self.agnostic = self.backend.agnostic if agnostic is None else bool(agnostic)
         self.classes = self.resolve_classes(classes)
 
-    def _load(self, path: Path, threads: int | None, spin: bool) -> tuple[Any, float | None]:
-        """An .onnx export (its backend set up here; gives None) or a checkpoint's model and
+    def _load(self, path: Path, threads: int | None, spin: bool, device: str) -> tuple[Any, float | None]:
+        """An .onnx or .xml export (its backend set up here; gives None) or a checkpoint's model and
         the score threshold it stores (None: none)."""
         if not path.is_file():
             raise FileNotFoundError(f"{path}: model file not found")
         if path.suffix.lower() in ONNX_SUFFIXES:
-            self.backend = _OnnxBackend(path, threads, spin)
+            self.backend = OnnxBackend(path, threads, spin)
+        elif path.suffix.lower() in OPENVINO_SUFFIXES:
+            self.backend = OpenVinoBackend(path, threads, device)
+        if path.suffix.lower() in ONNX_SUFFIXES + OPENVINO_SUFFIXES:
             meta = self.backend.meta
             self.class_names = json.loads(meta["class_names"])
             self.category_ids = [int(c) for c in json.loads(meta["category_ids"])]
@@ -245,7 +128,9 @@ class Detector:
 
             state = load_checkpoint(path)
             return model_from_checkpoint(state).fuse(), stored_conf(state.get(CONF_KEY))  # ours alone: fold for inference
-        raise ValueError(f"{path}: unknown model format {path.suffix!r}: expected a .pt checkpoint or an .onnx export")
+        raise ValueError(
+            f"{path}: unknown model format {path.suffix!r}: expected a .pt checkpoint, an .onnx export or an OpenVINO .xml"
+        )
 
     @property
     def backend_name(self) -> str:

@@ -1,5 +1,6 @@
 """`retinanet export`: a checkpoint -> one ONNX graph (NMS inside), optionally also an
-int8 copy, optionally checked against eager PyTorch on a few images."""
+int8 copy; with --format openvino each also as OpenVINO IR; optionally checked against
+eager PyTorch on a few images."""
 
 from __future__ import annotations
 
@@ -10,12 +11,22 @@ from ..config.export import CALIBRATION_METHODS, OPSET, ExportConfig, QuantizeCo
 from .flags import add_flag
 
 VERIFY_IMAGES = 16  # --verify compares on the first this many images
+INT8_OPENVINO = (
+    "--int8 with --format openvino is not supported: OpenVINO runs the int8 ONNX graph wrongly (scores near 0); "
+    "export the fp32 IR, or --format onnx --int8 for ONNX Runtime"
+)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("checkpoint", help="checkpoint (.pt) to export")
-    p.add_argument("--format", default="onnx", choices=["onnx"], help="output format (onnx)")
-    add_flag(p, "--out", "-o", aliases=("--output",), help="output file (default: the checkpoint's path with .onnx)")
+    p.add_argument(
+        "--format",
+        default="onnx",
+        choices=["onnx", "openvino"],
+        help="onnx (ONNX Runtime), or openvino: OpenVINO IR (.xml + .bin), written beside the .onnx it is made from",
+    )
+    add_flag(p, "--out", "-o", aliases=("--output",),
+             help="output file (default: the checkpoint's path with .onnx, or .xml for openvino)")  # fmt: skip
     add_flag(p, "--imgsz", aliases=("--size",), type=int, default=ExportConfig.input_size,
              help="input size the graph letterboxes to (default: the model's)")  # fmt: skip
     p.add_argument("--conf", type=float, default=ExportConfig.score_thresh, help="default score threshold (an input of the graph)")
@@ -66,8 +77,12 @@ def run(args: argparse.Namespace) -> int:
     ckpt = Path(args.checkpoint)
     if args.int8 and not args.calibration:
         raise ValueError("--int8 needs --calibration IMAGES (a folder or glob of representative images)")
+    if args.int8 and args.format == "openvino":
+        raise ValueError(INT8_OPENVINO)
     model = model_from_checkpoint(ckpt)
     out = Path(args.out) if args.out else ckpt.with_suffix(".onnx")
+    if args.format == "openvino":  # --out names the .xml; the .onnx it is made from goes beside it
+        out = out.with_suffix(".onnx")
     export_onnx(model, out, export_config(args))
     print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB, fp32)")
     outputs = [out]
@@ -77,9 +92,20 @@ def run(args: argparse.Namespace) -> int:
         quantize_int8(out, q_out, args.calibration, qcfg)
         print(f"wrote {q_out} ({q_out.stat().st_size / 1e6:.1f} MB, int8)")
         outputs.append(q_out)
+    if args.format == "openvino":
+        outputs = [_to_openvino(path) for path in outputs]
     if args.verify:
         _verify(model, outputs, args.verify)
     return 0
+
+
+def _to_openvino(onnx_path: Path) -> Path:
+    from ..export.openvino import export_openvino
+
+    xml = export_openvino(onnx_path, onnx_path.with_suffix(".xml"))
+    size = xml.stat().st_size + xml.with_suffix(".bin").stat().st_size
+    print(f"wrote {xml} and {xml.with_suffix('.bin').name} ({size / 1e6:.1f} MB, OpenVINO IR)")
+    return xml
 
 
 def _verify(model, outputs: list[Path], source: str) -> None:
@@ -90,7 +116,7 @@ def _verify(model, outputs: list[Path], source: str) -> None:
     for path in outputs:
         r = parity_report(model, path, images)
         print(
-            f"{path.name}: eager vs onnxruntime on {r['images']} images: {r['matched']:.1%} of "
+            f"{path.name}: eager vs {'OpenVINO' if path.suffix == '.xml' else 'ONNX Runtime'} on {r['images']} images: {r['matched']:.1%} of "
             f"{r['detections']} detections matched, {r['matched_working']:.1%} of the "
             f"{r['detections_working']} scoring >= {WORKING_CONF}; max box difference {r['max_box_diff']:.3f} px"
         )

@@ -12,6 +12,8 @@
     metadata.py  the contract an exported file carries (names, format, metadata_props);
                  the only module api.Detector reads
     quantize.py  quantize_int8: static int8 of the network part (QDQ)
+    openvino.py  export_openvino: an exported .onnx (fp32 or int8) -> OpenVINO IR, from the
+                 letterbox's output on (the runtime letterboxes as eager PyTorch does)
     parity.py    eager PyTorch vs ONNX Runtime detections
 
 The options live in config/export.py (ExportConfig, QuantizeConfig).
@@ -36,6 +38,7 @@ _PUBLIC = {
     "WORKING_CONF": ".parity", "match_detections": ".parity", "parity_report": ".parity",
     "network_nodes": ".quantize", "quantize_int8": ".quantize",
     "export_onnx": ".writer",
+    "export_openvino": ".openvino",
 }  # fmt: skip
 __all__ = sorted(_PUBLIC)
 

@@ -1,5 +1,6 @@
 """The contract every exported model carries, and the one thing the runtime side
-(api.Detector) reads: tensor names, the format stamp and the metadata_props.
+(backends.py) reads: tensor names, the format stamp and the metadata (an ONNX model's
+metadata_props, an OpenVINO IR's rt_info section OPENVINO_SECTION).
 
 Kept free of torch and of the rest of the package, so that reading a model never
 imports the exporter.
@@ -19,6 +20,12 @@ INPUT_NAME = "images"
 OUTPUT_NAMES = ("boxes", "scores", "labels", "num_detections")
 SCORE_INPUT = "score_threshold"
 IOU_INPUT = "iou_threshold"
+
+OPENVINO_FORMAT = "retinanet-mobilenet-openvino/1"
+OPENVINO_SECTION = "retinanet"  # the IR's rt_info section that holds the metadata
+# The IR starts after the letterbox (export/openvino.py): the letterboxed image, its scale
+# and the original [W, H, W, H] the boxes are clipped to, then the thresholds.
+OPENVINO_INPUTS = ("x", "scale", "limits", SCORE_INPUT, IOU_INPUT)
 
 LETTERBOX_PREFIX = "letterbox/"  # name prefix of the letterbox's nodes (left in fp32 by quantize_int8)
 NAME_SCOPES_KEY = "pkg.torch.onnx.name_scopes"  # node metadata: the torch module path of a node
@@ -104,3 +111,22 @@ def _check_signature(path: Path, graph: onnx.GraphProto) -> None:
     lacks += [f"output {n!r}" for n in OUTPUT_NAMES if n not in outputs]
     if lacks:
         raise RuntimeError(f"{path}: the graph lacks {', '.join(lacks)}: not a `retinanet export` model")
+
+
+def read_openvino_metadata(path: str | Path, model: Any) -> dict[str, str]:
+    """The metadata of an OpenVINO IR read by openvino.Core.read_model (``model``),
+    checking it is one of ours and takes and gives the tensors the runtime uses."""
+    path = Path(path)
+    info = model.get_rt_info()
+    section = info[OPENVINO_SECTION] if OPENVINO_SECTION in info.keys() else {}
+    meta = {key: model.get_rt_info([OPENVINO_SECTION, key]).astype(str) for key in section}
+    if meta.get("format") != OPENVINO_FORMAT:
+        raise RuntimeError(f"{path}: not exported by `retinanet export --format openvino` (format is {meta.get('format')!r})")
+    _check_metadata(path, meta)
+    inputs = {name for port in model.inputs for name in port.get_names()}
+    outputs = {name for port in model.outputs for name in port.get_names()}
+    lacks = [f"input {n!r}" for n in OPENVINO_INPUTS if n not in inputs]
+    lacks += [f"output {n!r}" for n in OUTPUT_NAMES if n not in outputs]
+    if lacks:
+        raise RuntimeError(f"{path}: the model lacks {', '.join(lacks)}: not a `retinanet export --format openvino` model")
+    return meta

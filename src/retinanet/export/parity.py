@@ -41,8 +41,8 @@ def match_detections(a, b, iou_min: float = 0.9, px_tol: float = 0.5) -> tuple[f
 
 
 def parity_report(model: nn.Module, onnx_path: str | Path, images: list, conf: float | None = None) -> dict[str, float]:
-    """Eager PyTorch vs ONNX Runtime on the same images: the fraction of eager detections
-    the ONNX model reproduces (all of them, and those scoring at least WORKING_CONF, the
+    """Eager PyTorch vs an exported model (.onnx in ONNX Runtime, .xml in OpenVINO) on the
+    same images: the fraction of eager detections the export reproduces (all of them, and those scoring at least WORKING_CONF, the
     ones a user acts on) and the largest box coordinate difference among matches, in pixels."""
     from ..api import Detector
 

@@ -1,0 +1,125 @@
+"""OpenVINO IR export (`retinanet export --format openvino`) and its Detector backend:
+the same detections as eager PyTorch on real photos, the metadata that travels, the
+threshold inputs, and one-line errors for what cannot be loaded or exported.
+
+Uses the shared test model of test_export.py (``exported``: an untrained 128 px, 3-class
+model with a perturbed head, so scores spread over (0, 1)).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import onnx
+import openvino as ov  # the set-up installs it: a missing package fails here, never skips
+import pytest
+
+from retinanet.api import Detector
+from retinanet.checkpoint import model_from_checkpoint
+from retinanet.cli import main
+from retinanet.export import match_detections, read_metadata, set_metadata
+from retinanet.export.openvino import export_openvino
+from test_export import CLASS_NAMES, CATEGORY_IDS, SIZE, build_test_model, real_images
+
+
+@pytest.fixture(scope="module")
+def ir(exported, tmp_path_factory) -> Path:
+    """The shared checkpoint exported through the CLI as OpenVINO IR."""
+    ckpt, _ = exported
+    out = tmp_path_factory.mktemp("openvino") / "model.xml"
+    assert main(["export", str(ckpt), "--format", "openvino", "--out", str(out)]) == 0
+    return out
+
+
+def test_cli_writes_the_ir_beside_its_onnx(ir):
+    assert ir.is_file() and ir.with_suffix(".bin").is_file() and ir.with_suffix(".onnx").is_file()
+    assert read_metadata(ir.with_suffix(".onnx"))["format"].startswith("retinanet-mobilenet-onnx")
+
+
+def test_openvino_matches_eager_on_real_photos(exported, ir, coco128, raccoon):
+    ckpt, _ = exported
+    eager, vino = Detector(model_from_checkpoint(ckpt), conf=0.01), Detector(ir, conf=0.01)
+    assert vino.backend_name == "openvino"
+    files = real_images(coco128, raccoon)
+    total = matched = 0
+    for a, b in zip(eager.predict(files), vino.predict(files)):
+        fraction, worst = match_detections(a, b)  # same class, IoU >= 0.9
+        total += len(a)
+        matched += fraction * len(a)
+        assert worst < 0.05, a.source  # pixels of the original photo
+        if len(a) == len(b):
+            np.testing.assert_allclose(np.sort(a.scores), np.sort(b.scores), atol=1e-4)
+    assert total > 100 and matched / total >= 0.98
+
+
+def test_mixed_sizes_in_one_call_equal_single_calls(ir, coco128, raccoon):
+    vino = Detector(ir, conf=0.01, batch_size=8)
+    files = real_images(coco128, raccoon)  # photos of several sizes: one run per size
+    together = vino.predict(files)
+    for path, res in zip(files, together):
+        alone = vino.predict(path)
+        assert len(alone) == len(res) > 0, path
+        np.testing.assert_allclose(alone.boxes, res.boxes, atol=1e-3)
+
+
+def test_metadata_travels_into_the_ir(exported, tmp_path):
+    model = build_test_model()
+    onnx_model = onnx.load(str(exported[1]))
+    set_metadata(onnx_model, {"conf_threshold": "0.07"})  # as the export of a best.pt carries it
+    onnx.save(onnx_model, str(tmp_path / "m.onnx"))
+    xml = export_openvino(tmp_path / "m.onnx", tmp_path / "m.xml")
+    det = Detector(xml)
+    assert det.class_names == CLASS_NAMES and det.category_ids == CATEGORY_IDS and det.input_size == SIZE
+    assert det.conf == pytest.approx(0.07)  # the stored threshold is the default
+    meta = det.backend.meta
+    assert json.loads(meta["anchors"])["sizes"] == list(model.cfg.anchors.sizes)
+    assert meta["format"] == "retinanet-mobilenet-openvino/1" and meta["precision"] == "fp32"
+    assert (det.backend.score_thresh, det.backend.nms_iou) == (model.cfg.postprocess.score_thresh, model.cfg.postprocess.nms_iou)
+
+
+def test_threshold_inputs_and_agnostic_nms(exported, ir, onnx_detector, coco128):
+    ckpt, _ = exported
+    img = coco128 / "train2017" / "000000000034.jpg"
+    eager, vino = Detector(model_from_checkpoint(ckpt)), Detector(ir)
+    low, high = vino.predict(img, conf=0.02), vino.predict(img, conf=0.1)
+    assert len(high) < len(low) and (high.scores > 0.1).all()
+    a, b = eager.predict(img, conf=0.03, iou=0.2), vino.predict(img, conf=0.03, iou=0.2)
+    assert len(a) == len(b) > 0 and match_detections(a, b)[0] == 1.0
+    # Class-agnostic NMS runs after the graph, as for the ONNX model (whose boxes are clipped
+    # before it, unlike a checkpoint's: deploy.md), so the two exports agree box for box.
+    a, b = onnx_detector.predict(img, conf=0.03, agnostic=True), vino.predict(img, conf=0.03, agnostic=True)
+    assert len(a) == len(b) > 0 and match_detections(a, b)[0] == 1.0
+    assert len(b) < len(vino.predict(img, conf=0.03))
+
+
+def test_unloadable_models_are_one_clear_line(ir, exported, tmp_path):
+    lone = tmp_path / "lone.xml"
+    shutil.copy(ir, lone)  # no .bin beside it
+    with pytest.raises(FileNotFoundError, match=r"lone\.xml: its weights file lone\.bin is missing"):
+        Detector(lone)
+    # A valid IR that `retinanet export` did not make: no metadata of ours.
+    foreign = tmp_path / "foreign.xml"
+    core = ov.Core()
+    plain = core.read_model(str(ir))
+    plain.set_rt_info("something-else", ["retinanet", "format"])
+    ov.save_model(plain, str(foreign))
+    with pytest.raises(RuntimeError, match=r"foreign\.xml: not exported by `retinanet export --format openvino`"):
+        Detector(foreign)
+    garbage = tmp_path / "garbage.xml"
+    garbage.write_text("<net><layers></net>")
+    garbage.with_suffix(".bin").write_bytes(b"")
+    with pytest.raises(RuntimeError, match=r"garbage\.xml: OpenVINO cannot read this model"):
+        Detector(garbage)
+
+
+def test_export_refusals(exported, tmp_path, capsys):
+    ckpt, onnx_path = exported
+    with pytest.raises(ValueError, match=r"\.xml file"):
+        export_openvino(onnx_path, tmp_path / "model.ir")
+    # int8 through OpenVINO is refused before anything is written (see export/openvino.py).
+    code = main(["export", str(ckpt), "--format", "openvino", "--int8", "--calibration", str(tmp_path), "--out", str(tmp_path / "q.xml")])
+    assert code != 0 and "int8" in capsys.readouterr().err
+    assert not list(tmp_path.glob("q*"))
