@@ -123,3 +123,10 @@ def test_export_refusals(exported, tmp_path, capsys):
     code = main(["export", str(ckpt), "--format", "openvino", "--int8", "--calibration", str(tmp_path), "--out", str(tmp_path / "q.xml")])
     assert code != 0 and "int8" in capsys.readouterr().err
     assert not list(tmp_path.glob("q*"))
+
+
+def test_benchmark_times_openvino(capsys):
+    args = ["benchmark", "--no-peer", "--runtimes", "eager", "openvino", "--imgsz", "64", "--repeats", "1", "--num-classes", "3"]
+    assert main(args) == 0
+    rows = [line.split("|") for line in capsys.readouterr().out.splitlines() if line.startswith("| openvino fp32")]
+    assert len(rows) == 1 and rows[0][2].strip() == "64" and float(rows[0][4]) > 0  # median ms

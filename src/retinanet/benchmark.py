@@ -9,7 +9,8 @@ latencies, as when one runtime serves a stream.
 
 Runtimes: eager PyTorch, TorchScript (traced, frozen network; letterbox and
 post-processing as in eager), torch.compile (with --compile: it takes minutes to build),
-ONNX Runtime fp32 and int8 (exported and quantized on the fly). Runs are interleaved
+ONNX Runtime fp32 and int8 (exported and quantized on the fly), OpenVINO fp32 (with
+--runtimes ... openvino: the same ONNX graph as IR). Runs are interleaved
 round-robin, so a burst of load from other processes hits every runtime alike; the
 medians and the ratios to the peer are what to read on a shared machine.
 """
@@ -144,8 +145,13 @@ def build_runners(model, size: int, runtimes: tuple[str, ...], workdir: Path, ca
         runners["torchscript"] = traced_runner(fused, size)
     if "compile" in runtimes:
         runners["compile"] = compiled_runner(model, size)
-    if "onnx" in runtimes or "int8" in runtimes:
+    if {"onnx", "int8", "openvino"} & set(runtimes):
         fp32 = export_onnx(model, workdir / f"model{size}.onnx", ExportConfig(input_size=size))
+        if "openvino" in runtimes:
+            from .export.openvino import export_openvino
+
+            dov = Detector(export_openvino(fp32, workdir / f"model{size}.xml"), threads=threads, conf=TIMING_CONF)
+            runners["openvino fp32"] = lambda imgs: dov.predict_tensors(imgs)
         if "onnx" in runtimes:
             d32 = Detector(fp32, threads=threads, conf=TIMING_CONF)
             runners["onnx fp32"] = lambda imgs: d32.predict_tensors(imgs)
