@@ -1,19 +1,23 @@
-"""`retinanet eval`: COCO metrics (pycocotools) of a checkpoint on a dataset, with the
-per-class table, PR curves, a confusion matrix and drawn samples written to --out."""
+"""`retinanet eval`: COCO metrics (pycocotools) of a checkpoint or an exported model
+(.onnx fp32 / int8, OpenVINO .xml) on a dataset, with the per-class table, PR curves, a
+confusion matrix and drawn samples written to --out."""
 
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from ..config.evaluation import EvalConfig
 from .flags import add_device, add_flag, run_dir
 
+EXPORTED = (".onnx", ".xml")  # run through api.Detector; anything else is read as a checkpoint
 RUNS = "runs/eval"  # each evaluation writes the next free RUNS/exp, exp2, ... unless --out names a folder
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     d = EvalConfig
-    p.add_argument("--model", required=True, help="checkpoint (.pt) written by `retinanet train`")
+    p.add_argument("--model", required=True,
+                   help="checkpoint (.pt) written by `retinanet train`, or a model `retinanet export` wrote (.onnx, .xml)")  # fmt: skip
     p.add_argument("--data", required=True, help="dataset folder (COCO / VOC / YOLO), COCO json, or dataset spec / data.yaml")
     p.add_argument("--split", default="val", help="split of --data to evaluate (default: val)")
     p.add_argument("--out", help=f"folder for the metrics, detections and plots (default: the next free {RUNS}/exp, exp2, ...)")
@@ -35,7 +39,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..checkpoint import model_from_checkpoint
     from ..data import load_dataset
-    from ..evaluation import evaluate
+    from ..evaluation import evaluate, evaluate_detector
     from ..evaluation.report import format_metrics, format_table
     from ..runtime import resolve_device
 
@@ -48,11 +52,17 @@ def run(args: argparse.Namespace) -> int:
     # Image headers only: evaluation decodes every image anyway, and a broken one fails there naming its file.
     # The data before the model: a problem with it fails at once.
     dataset = load_dataset(args.data, args.split, check="header", drop_bad=args.drop_bad)
-    model = model_from_checkpoint(args.model).to(resolve_device(args.device, setting="--device"))
-    out = run_dir(args.out, RUNS)
-    report = evaluate(
-        model, dataset, cfg, out_dir=out, plots=not args.no_plots, max_images=args.max_images, verbose=args.verbose
-    )
+    kwargs = dict(plots=not args.no_plots, max_images=args.max_images, verbose=args.verbose)
+    if Path(args.model).suffix.lower() in EXPORTED:  # what ships, run by its own runtime
+        from ..api import Detector
+
+        detector = Detector(args.model, device=args.device, batch_size=args.batch)
+        out = run_dir(args.out, RUNS)
+        report = evaluate_detector(detector, dataset, cfg, out_dir=out, **kwargs)
+    else:
+        model = model_from_checkpoint(args.model).to(resolve_device(args.device, setting="--device"))
+        out = run_dir(args.out, RUNS)
+        report = evaluate(model, dataset, cfg, out_dir=out, **kwargs)
     print(format_metrics(report.metrics))
     print()
     print(format_table(report.per_class))

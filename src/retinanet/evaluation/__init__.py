@@ -1,8 +1,10 @@
 """COCO evaluation of a detector: every number comes from pycocotools' COCOeval (bbox).
 
-Two entry points:
+Three entry points:
 
     evaluate(model, dataset, cfg)             run the model over the dataset, then score it
+    evaluate_detector(detector, dataset, cfg) the same for an api.Detector (an exported
+                                              .onnx / .xml: what ships, run as it runs)
     score_detections(dataset, detections, cfg)  score detections you already have
 
 Both return an EvalReport (metrics, per-class table, files written, the COCOeval).
@@ -14,6 +16,7 @@ false positive and which are never counted as missed (see docs/evaluation.md).
     coco.py       pycocotools: checked ground truth and results, COCOeval, per-class table
     confusion.py  the confusion matrix
     loop.py       running a model over a dataset's images; model -> dataset labels
+    exported.py   running an api.Detector over a dataset's images
     report.py     EvalReport, its text form, the files and plots of a report folder
 """
 
@@ -21,7 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import torch
 
@@ -29,10 +32,11 @@ from ..config.evaluation import EvalConfig
 from ..data.dataset import DetectionDataset
 from ..postprocess import Detections
 from .coco import METRIC_NAMES, detections_to_coco, load_ground_truth, metrics_of, per_class_table, run_cocoeval
+from .exported import detector_floor, predict_with_detector
 from .loop import label_mapping, predict_dataset, remap_labels, score_floor
 from .report import EvalReport, write_report
 
-__all__ = ["METRIC_NAMES", "EvalConfig", "EvalReport", "evaluate", "score_detections"]
+__all__ = ["METRIC_NAMES", "EvalConfig", "EvalReport", "evaluate", "evaluate_detector", "score_detections"]
 
 
 def _check_evaluable(dataset: DetectionDataset) -> None:
@@ -98,10 +102,7 @@ def evaluate(
     curves mark the model's ``conf_threshold`` (a checkpoint's) when it has one.
     """
     cfg = cfg or EvalConfig()
-    if max_images is not None:
-        if max_images < 1:
-            raise ValueError(f"max_images must be >= 1, got {max_images}")
-        dataset = dataclasses.replace(dataset, records=dataset.records[:max_images])
+    dataset = _first_images(dataset, max_images)
     _check_evaluable(dataset)  # before spending time on inference
     mapping = label_mapping(model.class_names, dataset)
     detections = predict_dataset(model, dataset.records, cfg, progress)
@@ -109,3 +110,38 @@ def evaluate(
         dataset, remap_labels(detections, mapping), cfg, out_dir=out_dir, plots=plots, verbose=verbose,
         conf_threshold=getattr(model, "conf_threshold", None), score_floor=score_floor(model, cfg),
     )  # fmt: skip
+
+
+def evaluate_detector(
+    detector: Any,
+    dataset: DetectionDataset,
+    cfg: EvalConfig | None = None,
+    *,
+    out_dir: str | Path | None = None,
+    plots: bool = True,
+    progress: bool = True,
+    max_images: int | None = None,
+    verbose: bool = False,
+) -> EvalReport:
+    """evaluate() for an api.Detector: an exported model (.onnx fp32 or int8, OpenVINO
+    .xml) scored with the same metrics, files and plots as its checkpoint. The Detector
+    runs at cfg.conf, else the model's own score threshold (0.05 by default), with
+    cfg.agnostic, else the model's NMS mode; the curves mark the threshold it stores."""
+    cfg = cfg or EvalConfig()
+    dataset = _first_images(dataset, max_images)
+    _check_evaluable(dataset)
+    mapping = label_mapping(detector.class_names, dataset)
+    detections = predict_with_detector(detector, dataset.records, cfg, progress)
+    return score_detections(
+        dataset, remap_labels(detections, mapping), cfg, out_dir=out_dir, plots=plots, verbose=verbose,
+        conf_threshold=detector.backend.stored_conf, score_floor=detector_floor(detector, cfg),
+    )  # fmt: skip
+
+
+def _first_images(dataset: DetectionDataset, max_images: int | None) -> DetectionDataset:
+    """The dataset, or its first ``max_images`` records."""
+    if max_images is None:
+        return dataset
+    if max_images < 1:
+        raise ValueError(f"max_images must be >= 1, got {max_images}")
+    return dataclasses.replace(dataset, records=dataset.records[:max_images])
