@@ -101,3 +101,27 @@ def postprocess(
         sel = (image_idx == i).nonzero().squeeze(1)[: cfg.max_detections]
         out.append(Detections(boxes[sel], scores[sel], labels[sel]))
     return out
+
+
+def postprocess_raw(
+    cls_logits, box_deltas, anchors, meta: dict[str, str], scale: float, orig_hw: tuple[int, int], cfg: PostprocessConfig | None = None
+) -> Detections:
+    """One image's outputs of an `export --raw` graph (numpy arrays or tensors:
+    cls_logits (M, K) or (1, M, K), box_deltas (M, 4) or (1, M, 4), anchors (M, 4)) -> its
+    detections in original pixels, decoded and suppressed exactly as the eager model does.
+    ``meta``: the graph's metadata_props (level_counts, box_coder, thresholds); ``scale``:
+    input pixels per original pixel (input size / longer side); ``orig_hw``: the image's
+    (H, W); ``cfg``: thresholds other than the exported defaults."""
+    import json
+
+    if cfg is None:
+        cfg = PostprocessConfig(score_thresh=float(meta["score_thresh"]), nms_iou=float(meta["nms_iou"]),
+                                max_detections=int(meta["max_detections"]), topk=int(meta["topk"]),
+                                agnostic=meta.get("agnostic", "false") == "true")  # fmt: skip
+    coder = json.loads(meta["box_coder"])
+    logits, deltas = (torch.as_tensor(a).float().reshape(1, -1, n) for a, n in ((cls_logits, cls_logits.shape[-1]), (box_deltas, 4)))
+    (det,) = postprocess(
+        logits, deltas, torch.as_tensor(anchors).float(), json.loads(meta["level_counts"]), cfg,
+        BoxCoder(tuple(coder["weights"]), coder["clamp"]), torch.tensor([scale]), torch.tensor([orig_hw]),
+    )  # fmt: skip
+    return det

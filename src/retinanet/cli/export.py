@@ -42,6 +42,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     shape.add_argument(
         "--rect", action="store_true", help="pad only to a multiple of 32 even if the checkpoint's model.rect is false"
     )
+    p.add_argument(
+        "--raw",
+        action="store_true",
+        help="the network alone (float (N, 3, S, S) image in; class logits, box deltas and anchors out) for runtimes "
+        "that cannot run the full graph (TensorRT, OpenCV DNN, NCNN, RKNN); default out: <checkpoint>.raw.onnx",
+    )
     p.add_argument("--no-fold-bn", action="store_true", help="keep every batch norm (and the input scaling) as separate ops")
     p.add_argument("--opset", type=int, default=ExportConfig.opset, help=f"ONNX opset (default {OPSET})")
     p.add_argument("--int8", action="store_true", help="also write a static int8 model (<out stem>.int8.onnx)")
@@ -79,7 +85,15 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError("--int8 needs --calibration IMAGES (a folder or glob of representative images)")
     if args.int8 and args.format == "openvino":
         raise ValueError(INT8_OPENVINO)
+    if args.raw and (args.int8 or args.verify or args.format != "onnx"):
+        raise ValueError("--raw writes the network alone as ONNX: it does not combine with --int8, --verify or --format openvino")
     model = model_from_checkpoint(ckpt)
+    if args.raw:
+        from ..export.raw import export_raw
+
+        out = export_raw(model, Path(args.out) if args.out else ckpt.with_suffix(".raw.onnx"), args.imgsz, args.opset)
+        print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB, network only: postprocess.postprocess_raw decodes it)")
+        return 0
     out = Path(args.out) if args.out else ckpt.with_suffix(".onnx")
     if args.format == "openvino":  # --out names the .xml; the .onnx it is made from goes beside it
         out = out.with_suffix(".onnx")

@@ -59,7 +59,7 @@ def export_onnx(model: nn.Module, path: str | Path, cfg: ExportConfig | None = N
     _strip_node_metadata(merged)
     _add_threshold_defaults(merged, post)
     _name_output_dims(merged)
-    set_metadata(merged, _metadata(model, size, rect, post, graph.rows))
+    set_metadata(merged, export_metadata(model, size, rect, post, graph.rows))
     merged.producer_name = "retinanet-mobilenet"
     if cfg.check:
         onnx.checker.check_model(merged, full_check=True)
@@ -115,7 +115,7 @@ def _export_network(graph: DetectionGraph, size: int, post: PostprocessConfig, r
         return onnx.load(str(net_path))
 
 
-def _metadata(model: nn.Module, size: int, rect: bool, post: PostprocessConfig, rows: int) -> dict[str, str]:
+def export_metadata(model: nn.Module, size: int, rect: bool, post: PostprocessConfig, rows: int) -> dict[str, str]:
     """The metadata_props of an fp32 export (quantize_int8 adds precision and calibration);
     ``conf_threshold`` when the model came from a checkpoint that chose one (best.pt)."""
     threshold = getattr(model, "conf_threshold", None)
