@@ -25,7 +25,7 @@ from retinanet.data.dataset import Record
 from retinanet.data.images import image_info
 from retinanet.evaluation.loop import predict_dataset
 from retinanet.export import class_aware_nms, read_metadata, set_metadata
-from retinanet.export.writer import _metadata
+from retinanet.export.writer import export_metadata
 from retinanet.postprocess import postprocess
 
 # Two anchors 1 px apart (IoU 39 * 40 / (41 * 40) = 0.95): a cat at 0.95 on the first, a dog at 0.88 on the second.
@@ -151,7 +151,7 @@ def test_an_export_carries_the_models_nms_mode(exported, tmp_path):
     model = build_test_model()
     assert read_metadata(exported[1])["agnostic"] == "false" and Detector(exported[1]).agnostic is False
     post = PostprocessConfig(agnostic=True)
-    assert _metadata(model, 128, True, post, 100)["agnostic"] == "true"
+    assert export_metadata(model, 128, True, post, 100)["agnostic"] == "true"
     proto = onnx.load(str(exported[1]))
     set_metadata(proto, {"agnostic": "true"})
     onnx.save(proto, str(tmp_path / "agnostic.onnx"))

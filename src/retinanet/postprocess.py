@@ -106,7 +106,7 @@ def postprocess(
 def postprocess_raw(
     cls_logits, box_deltas, anchors, meta: dict[str, str], scale: float, orig_hw: tuple[int, int], cfg: PostprocessConfig | None = None
 ) -> Detections:
-    """One image's outputs of an `export --raw` graph (numpy arrays or tensors:
+    """One image's outputs of a network-only export (export/raw.py; numpy arrays or tensors:
     cls_logits (M, K) or (1, M, K), box_deltas (M, 4) or (1, M, 4), anchors (M, 4)) -> its
     detections in original pixels, decoded and suppressed exactly as the eager model does.
     ``meta``: the graph's metadata_props (level_counts, box_coder, thresholds); ``scale``:
