@@ -12,7 +12,7 @@ from retinanet.checkpoint import model_from_checkpoint
 from retinanet.cli import main
 from retinanet.config.evaluation import EvalConfig
 from retinanet.data import load_dataset
-from retinanet.evaluation import evaluate_detector, score_detections
+from retinanet.evaluation import evaluate, score_detections
 from retinanet.evaluation.exported import predict_with_detector
 from retinanet.export.openvino import export_openvino
 
@@ -48,13 +48,13 @@ def test_eval_of_onnx_and_openvino_models(exported, coco128, tmp_path):
     assert sorted(d["score"] for d in mine) == pytest.approx(sorted(float(s) for s in res.scores), abs=2e-4)
 
 
-def test_evaluate_detector_scores_the_detectors_own_predictions(exported, coco128):
+def test_evaluate_of_a_detector_scores_its_own_predictions(exported, coco128):
     ckpt, _ = exported
     dataset = load_dataset(str(coco128), "train2017", check="header")
     dataset.records = dataset.records[:IMAGES]
     cfg = EvalConfig(conf=0.01)
     detector = Detector(model_from_checkpoint(ckpt))  # the torch backend through the same path
-    report = evaluate_detector(detector, dataset, cfg, progress=False)
+    report = evaluate(detector, dataset, cfg, progress=False)
     # The same numbers as scoring the Detector's predictions directly, labels mapped by name.
     found = predict_with_detector(detector, dataset.records, cfg, progress=False)
     names = list(dataset.class_names)

@@ -39,7 +39,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..checkpoint import model_from_checkpoint
     from ..data import load_dataset
-    from ..evaluation import evaluate, evaluate_detector
+    from ..evaluation import evaluate
     from ..evaluation.report import format_metrics, format_table
     from ..runtime import resolve_device
 
@@ -58,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
 
         detector = Detector(args.model, device=args.device, batch_size=args.batch)
         out = run_dir(args.out, RUNS)
-        report = evaluate_detector(detector, dataset, cfg, out_dir=out, **kwargs)
+        report = evaluate(detector, dataset, cfg, out_dir=out, **kwargs)
     else:
         model = model_from_checkpoint(args.model).to(resolve_device(args.device, setting="--device"))
         out = run_dir(args.out, RUNS)

@@ -1,10 +1,10 @@
 """COCO evaluation of a detector: every number comes from pycocotools' COCOeval (bbox).
 
-Three entry points:
+Two entry points:
 
-    evaluate(model, dataset, cfg)             run the model over the dataset, then score it
-    evaluate_detector(detector, dataset, cfg) the same for an api.Detector (an exported
-                                              .onnx / .xml: what ships, run as it runs)
+    evaluate(model, dataset, cfg)             run the model (a RetinaNet, or an api.Detector
+                                              of an exported .onnx / .xml) over the dataset,
+                                              then score it
     score_detections(dataset, detections, cfg)  score detections you already have
 
 Both return an EvalReport (metrics, per-class table, files written, the COCOeval).
@@ -36,7 +36,7 @@ from .exported import detector_floor, predict_with_detector
 from .loop import label_mapping, predict_dataset, remap_labels, score_floor
 from .report import EvalReport, write_report
 
-__all__ = ["METRIC_NAMES", "EvalConfig", "EvalReport", "evaluate", "evaluate_detector", "score_detections"]
+__all__ = ["METRIC_NAMES", "EvalConfig", "EvalReport", "evaluate", "score_detections"]
 
 
 def _check_evaluable(dataset: DetectionDataset) -> None:
@@ -82,7 +82,7 @@ def score_detections(
 
 
 def evaluate(
-    model: torch.nn.Module,
+    model: Any,
     dataset: DetectionDataset,
     cfg: EvalConfig | None = None,
     *,
@@ -92,49 +92,32 @@ def evaluate(
     max_images: int | None = None,
     verbose: bool = False,
 ) -> EvalReport:
-    """COCO metrics of ``model`` (a RetinaNet) on ``dataset``; ``report.metrics`` is the
-    flat dict of the 12 numbers under METRIC_NAMES.
+    """COCO metrics of ``model`` on ``dataset``; ``report.metrics`` is the flat dict of the
+    12 numbers under METRIC_NAMES.
 
-    Runs the model in eval mode (its training mode is restored, its config unchanged),
-    batched as ``cfg`` says, with a tqdm bar; the first ``max_images`` records only when
-    given. The model's labels are mapped to the dataset's by class name. With out_dir,
-    writes the files listed in score_detections (the plots only when ``plots``); the
-    curves mark the model's ``conf_threshold`` (a checkpoint's) when it has one.
+    ``model``: a RetinaNet, run in eval mode (its training mode is restored, its config
+    unchanged) on images letterboxed to the square as training validates; or an
+    api.Detector (an exported .onnx fp32 / int8, an OpenVINO .xml: what ships, run as it
+    runs, evaluation/exported.py). Either runs at cfg.conf, else the model's own score
+    threshold (0.05 by default), batched as ``cfg`` says, with a tqdm bar; the first
+    ``max_images`` records only when given. The model's labels are mapped to the dataset's
+    by class name. With out_dir, writes the files listed in score_detections (the plots
+    only when ``plots``); the curves mark the threshold the model stores (a checkpoint's
+    ``conf_threshold``) when it has one.
     """
     cfg = cfg or EvalConfig()
     dataset = _first_images(dataset, max_images)
     _check_evaluable(dataset)  # before spending time on inference
     mapping = label_mapping(model.class_names, dataset)
-    detections = predict_dataset(model, dataset.records, cfg, progress)
+    if hasattr(model, "backend"):  # an api.Detector
+        detections = predict_with_detector(model, dataset.records, cfg, progress)
+        stored, floor = model.backend.stored_conf, detector_floor(model, cfg)
+    else:
+        detections = predict_dataset(model, dataset.records, cfg, progress)
+        stored, floor = getattr(model, "conf_threshold", None), score_floor(model, cfg)
     return score_detections(
         dataset, remap_labels(detections, mapping), cfg, out_dir=out_dir, plots=plots, verbose=verbose,
-        conf_threshold=getattr(model, "conf_threshold", None), score_floor=score_floor(model, cfg),
-    )  # fmt: skip
-
-
-def evaluate_detector(
-    detector: Any,
-    dataset: DetectionDataset,
-    cfg: EvalConfig | None = None,
-    *,
-    out_dir: str | Path | None = None,
-    plots: bool = True,
-    progress: bool = True,
-    max_images: int | None = None,
-    verbose: bool = False,
-) -> EvalReport:
-    """evaluate() for an api.Detector: an exported model (.onnx fp32 or int8, OpenVINO
-    .xml) scored with the same metrics, files and plots as its checkpoint. The Detector
-    runs at cfg.conf, else the model's own score threshold (0.05 by default), with
-    cfg.agnostic, else the model's NMS mode; the curves mark the threshold it stores."""
-    cfg = cfg or EvalConfig()
-    dataset = _first_images(dataset, max_images)
-    _check_evaluable(dataset)
-    mapping = label_mapping(detector.class_names, dataset)
-    detections = predict_with_detector(detector, dataset.records, cfg, progress)
-    return score_detections(
-        dataset, remap_labels(detections, mapping), cfg, out_dir=out_dir, plots=plots, verbose=verbose,
-        conf_threshold=detector.backend.stored_conf, score_floor=detector_floor(detector, cfg),
+        conf_threshold=stored, score_floor=floor,
     )  # fmt: skip
 
 
