@@ -56,7 +56,7 @@ class OnnxBackend:
     def __init__(self, path: Path, threads: int | None, spin: bool = True):
         import onnxruntime as ort
 
-        from .export.metadata import AGNOSTIC_KEY, IOU_INPUT, SCORE_INPUT, parse_bool, read_metadata
+        from .export.metadata import read_metadata
 
         self.path = path
         self.meta = read_metadata(path)
@@ -73,12 +73,7 @@ class OnnxBackend:
             self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
         except Exception as e:
             raise RuntimeError(f"{path}: ONNX Runtime cannot load this model: {e}") from e
-        self.score_input, self.iou_input = SCORE_INPUT, IOU_INPUT
-        self.score_thresh = float(self.meta["score_thresh"])
-        self.nms_iou = float(self.meta["nms_iou"])
-        self.max_detections = int(self.meta["max_detections"])
-        self.agnostic = parse_bool(self.meta.get(AGNOSTIC_KEY, "false"))  # the exported model's postprocess.agnostic
-        self.stored_conf = stored_conf(self.meta.get(CONF_KEY))
+        _export_defaults(self, self.meta)
 
     def run(self, images: list[Tensor], conf: float, iou: float, max_det: int, agnostic: bool) -> list[tuple[np.ndarray, ...]]:
         # One run per group of same-sized images: the graph takes (N, H, W, 3) uint8.
@@ -95,8 +90,7 @@ class OnnxBackend:
             except Exception as e:  # onnxruntime's own error types: one line naming the file
                 raise RuntimeError(f"{self.path}: ONNX Runtime failed on this model: {str(e).splitlines()[0]}") from e
             for j, i in enumerate(idx):
-                n = int(count[j])
-                out[i] = after_graph(boxes[j, :n], scores[j, :n], labels[j, :n], iou, max_det, agnostic)
+                out[i] = after_graph(*_rows(boxes, scores, labels, count, j), iou, max_det, agnostic)
         return out
 
 
@@ -143,6 +137,24 @@ def to_hwc_uint8(t: Tensor) -> np.ndarray:
     return np.ascontiguousarray(t.numpy().transpose(1, 2, 0))  # (3, H, W) -> (H, W, 3)
 
 
+def _export_defaults(backend: Any, meta: dict[str, str]) -> None:
+    """An exported model's defaults from its metadata, on ``backend``: the threshold input
+    names, score_thresh, nms_iou, max_detections, agnostic (its postprocess.agnostic) and
+    stored_conf (the threshold training chose, or None)."""
+    from .export.metadata import AGNOSTIC_KEY, IOU_INPUT, SCORE_INPUT, parse_bool
+
+    backend.score_input, backend.iou_input = SCORE_INPUT, IOU_INPUT
+    backend.score_thresh = float(meta["score_thresh"])
+    backend.nms_iou = float(meta["nms_iou"])
+    backend.max_detections = int(meta["max_detections"])
+    backend.agnostic = parse_bool(meta.get(AGNOSTIC_KEY, "false"))
+    backend.stored_conf = stored_conf(meta.get(CONF_KEY))
+
+
+def _rows(boxes: np.ndarray, scores: np.ndarray, labels: np.ndarray, count: np.ndarray, j: int) -> tuple[np.ndarray, ...]:
+    """Image j's detections from an exported graph's padded outputs (its first count[j] rows)."""
+    n = int(count[j])
+    return boxes[j, :n], scores[j, :n], labels[j, :n]
 
 
 class OpenVinoBackend:
@@ -151,7 +163,7 @@ class OpenVinoBackend:
     def __init__(self, path: Path, threads: int | None, device: str = "auto"):
         import openvino as ov
 
-        from .export.metadata import AGNOSTIC_KEY, IOU_INPUT, SCORE_INPUT, parse_bool, read_openvino_metadata
+        from .export.metadata import parse_bool, read_openvino_metadata
 
         self.path = path
         if not path.with_suffix(".bin").is_file():
@@ -171,14 +183,9 @@ class OpenVinoBackend:
         except Exception as e:
             raise RuntimeError(f"{path}: OpenVINO cannot compile this model for {self.device}: {_first_line(e)}") from e
         self.request = self.compiled.create_infer_request()
-        self.score_input, self.iou_input = SCORE_INPUT, IOU_INPUT
+        _export_defaults(self, self.meta)
         self.input_size = int(self.meta["input_size"])
         self.rect = parse_bool(self.meta.get("rect", "false"))
-        self.score_thresh = float(self.meta["score_thresh"])
-        self.nms_iou = float(self.meta["nms_iou"])
-        self.max_detections = int(self.meta["max_detections"])
-        self.agnostic = parse_bool(self.meta.get(AGNOSTIC_KEY, "false"))
-        self.stored_conf = stored_conf(self.meta.get(CONF_KEY))
 
     def run(self, images: list[Tensor], conf: float, iou: float, max_det: int, agnostic: bool) -> list[tuple[np.ndarray, ...]]:
         from .preprocess import RECT_STRIDE, letterbox
@@ -200,8 +207,7 @@ class OpenVinoBackend:
                 raise RuntimeError(f"{self.path}: OpenVINO failed on this model: {_first_line(e)}") from e
             boxes, scores, labels, count = (res[self.compiled.output(name)] for name in ("boxes", "scores", "labels", "num_detections"))
             for j, i in enumerate(idx):
-                n = int(count[j])
-                out[i] = after_graph(boxes[j, :n], scores[j, :n], labels[j, :n], iou, max_det, agnostic)
+                out[i] = after_graph(*_rows(boxes, scores, labels, count, j), iou, max_det, agnostic)
         return out
 
 

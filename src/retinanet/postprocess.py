@@ -119,7 +119,8 @@ def postprocess_raw(
                                 max_detections=int(meta["max_detections"]), topk=int(meta["topk"]),
                                 agnostic=meta.get("agnostic", "false") == "true")  # fmt: skip
     coder = json.loads(meta["box_coder"])
-    logits, deltas = (torch.as_tensor(a).float().reshape(1, -1, n) for a, n in ((cls_logits, cls_logits.shape[-1]), (box_deltas, 4)))
+    logits = torch.as_tensor(cls_logits).float().reshape(1, -1, cls_logits.shape[-1])  # (1, M, K)
+    deltas = torch.as_tensor(box_deltas).float().reshape(1, -1, 4)  # (1, M, 4)
     (det,) = postprocess(
         logits, deltas, torch.as_tensor(anchors).float(), json.loads(meta["level_counts"]), cfg,
         BoxCoder(tuple(coder["weights"]), coder["clamp"]), torch.tensor([scale]), torch.tensor([orig_hw]),
