@@ -65,8 +65,11 @@ class Detector:
     (None: the model's own values). agnostic: class-agnostic NMS (None: the model's own
     postprocess.agnostic, which an export stores; default per class). classes: keep only
     these classes (names or indices).
-    device: torch device for checkpoints, OpenVINO device for .xml ('auto' and 'cpu': the
-    CPU; 'gpu', 'npu'); threads: ONNX Runtime / OpenVINO CPU threads.
+    device: where it runs, one rule for every format (retinanet.devices): auto, cpu, cuda or
+    cuda:N for a checkpoint or an .onnx (auto: CUDA when present), an OpenVINO device (cpu,
+    gpu, gpu.N, npu) for an .xml. providers: ONNX Runtime execution providers, listed as
+    InferenceSession takes them, instead of the ones ``device`` picks.
+    threads: ONNX Runtime / OpenVINO CPU threads.
     spin: let ONNX Runtime's idle threads spin (its default, fastest) rather than sleep.
     batch_size: images per forward pass.
     """
@@ -83,16 +86,17 @@ class Detector:
         batch_size: int = PredictConfig.batch,
         spin: bool = True,
         agnostic: bool | None = PredictConfig.agnostic,
+        providers: Sequence[Any] | None = None,
     ):
         self.path: Path | None = None
         stored = None
         if isinstance(model, (str, Path)):
             self.path = Path(model)
-            model, stored = self._load(self.path, threads, spin, device)
+            model, stored = self._load(self.path, threads, spin, device, providers)
         if model is not None:  # a RetinaNet, or a checkpoint's
             if not hasattr(model, "predict") or not hasattr(model, "cfg"):
                 raise ValueError(f"Detector needs a model path or a RetinaNet, got a {type(model).__name__}")
-            self.backend: Any = TorchBackend(model, device)
+            self.backend: Any = TorchBackend(model, device, self.path or "model")
             # a checkpoint's stored threshold, or the one a loaded model carries (RetinaNet.conf_threshold)
             self.backend.stored_conf = stored if stored is not None else stored_conf(getattr(model, CONF_KEY, None))
             self.class_names = list(model.class_names)
@@ -108,13 +112,15 @@ class Detector:
         self.agnostic = self.backend.agnostic if agnostic is None else bool(agnostic)
         self.classes = self.resolve_classes(classes)
 
-    def _load(self, path: Path, threads: int | None, spin: bool, device: str) -> tuple[Any, float | None]:
+    def _load(self, path: Path, threads: int | None, spin: bool, device: str, providers: Any) -> tuple[Any, float | None]:
         """An .onnx or .xml export (its backend set up here; gives None) or a checkpoint's model and
         the score threshold it stores (None: none)."""
         if not path.is_file():
             raise FileNotFoundError(f"{path}: model file not found")
+        if providers and path.suffix.lower() not in ONNX_SUFFIXES:
+            raise ValueError(f"{path}: providers= chooses ONNX Runtime's execution providers, for an .onnx model only")
         if path.suffix.lower() in ONNX_SUFFIXES:
-            self.backend = OnnxBackend(path, threads, spin)
+            self.backend = OnnxBackend(path, threads, spin, device, providers)
         elif path.suffix.lower() in OPENVINO_SUFFIXES:
             self.backend = OpenVinoBackend(path, threads, device)
         if path.suffix.lower() in ONNX_SUFFIXES + OPENVINO_SUFFIXES:

@@ -31,10 +31,10 @@ CONF_KEY = "conf_threshold"  # the score threshold a checkpoint (top-level key),
 class TorchBackend:
     name = "torch"
 
-    def __init__(self, model, device: str | torch.device):
-        from .runtime import resolve_device
+    def __init__(self, model, device: str | torch.device, where: str | Path = "model"):
+        from .devices import torch_device
 
-        self.device = resolve_device(str(device))  # 'auto': CUDA when present, else the CPU
+        self.device = torch_device(str(device), where)  # 'auto': CUDA when present, else the CPU
         self.model = model.eval().to(self.device)
         post = model.cfg.postprocess
         self.score_thresh, self.nms_iou, self.max_detections = post.score_thresh, post.nms_iou, post.max_detections
@@ -53,8 +53,10 @@ class TorchBackend:
 class OnnxBackend:
     name = "onnx"
 
-    def __init__(self, path: Path, threads: int | None, spin: bool = True):
+    def __init__(self, path: Path, threads: int | None, spin: bool = True, device: str = "auto", providers: Any = None):
         import onnxruntime as ort
+
+        from .devices import onnx_providers
 
         from .export.metadata import read_metadata
 
@@ -69,8 +71,9 @@ class OnnxBackend:
         # of 10.2). spin=False suits a machine shared with other busy threads, which
         # spinning threads would steal cores from.
         opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
+        chosen = onnx_providers(device, providers, path, ort.get_available_providers())
         try:
-            self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+            self.session = ort.InferenceSession(str(path), opts, providers=chosen)
         except Exception as e:
             raise RuntimeError(f"{path}: ONNX Runtime cannot load this model: {e}") from e
         _export_defaults(self, self.meta)
@@ -163,6 +166,7 @@ class OpenVinoBackend:
     def __init__(self, path: Path, threads: int | None, device: str = "auto"):
         import openvino as ov
 
+        from .devices import openvino_device
         from .export.metadata import parse_bool, read_openvino_metadata
 
         self.path = path
@@ -174,7 +178,7 @@ class OpenVinoBackend:
         except Exception as e:
             raise RuntimeError(f"{path}: OpenVINO cannot read this model: {_first_line(e)}") from e
         self.meta = read_openvino_metadata(path, model)
-        self.device = openvino_device(device)
+        self.device = openvino_device(device, path)
         config: dict[str, Any] = {}
         if self.device == "CPU":  # fp32 as exported: the CPU plugin would run bf16 where the CPU has it
             config = {"INFERENCE_PRECISION_HINT": "f32", "INFERENCE_NUM_THREADS": threads or torch.get_num_threads()}
@@ -209,13 +213,6 @@ class OpenVinoBackend:
             for j, i in enumerate(idx):
                 out[i] = after_graph(*_rows(boxes, scores, labels, count, j), iou, max_det, agnostic)
         return out
-
-
-def openvino_device(device: str) -> str:
-    """A Detector device -> an OpenVINO device name: 'auto' and 'cpu' -> CPU; 'gpu', 'npu',
-    'gpu.1', 'AUTO' ... as OpenVINO spells them (upper case)."""
-    name = str(device).strip()
-    return "CPU" if name.lower() in ("auto", "cpu") else name.upper()
 
 
 def _same_size_groups(images: list[Tensor]) -> dict[tuple[int, int], list[int]]:

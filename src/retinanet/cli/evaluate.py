@@ -41,7 +41,7 @@ def run(args: argparse.Namespace) -> int:
     from ..data import load_dataset
     from ..evaluation import evaluate
     from ..evaluation.report import format_metrics, format_table
-    from ..runtime import resolve_device
+    from ..devices import torch_device
 
     if args.conf is not None and not 0.0 <= args.conf <= 1.0:
         raise ValueError(f"--conf must be in [0, 1], got {args.conf}")
@@ -60,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
         out = run_dir(args.out, RUNS)
         report = evaluate(detector, dataset, cfg, out_dir=out, **kwargs)
     else:
-        model = model_from_checkpoint(args.model).to(resolve_device(args.device, setting="--device"))
+        model = model_from_checkpoint(args.model).to(torch_device(args.device, args.model))
         out = run_dir(args.out, RUNS)
         report = evaluate(model, dataset, cfg, out_dir=out, **kwargs)
     print(format_metrics(report.metrics))

@@ -1,7 +1,7 @@
 """The flags every command spells the same way, and the old spellings kept as hidden aliases.
 
     --batch        images per step or call          --out        output folder (or file)
-    --imgsz        input size (model.input_size)     --device     auto | cpu | cuda | cuda:N
+    --imgsz        input size (model.input_size)     --device     auto | cpu | cuda[:N] | gpu | npu
     --classes      keep only these classes           --num-classes  number of classes
     --weights      weights to start from
 
@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-DEVICE_HELP = "auto (CUDA when present, else the CPU), cpu, cuda or cuda:N (default: auto)"
+DEVICE_HELP = "auto (CUDA when present, else the CPU), cpu, cuda or cuda:N; gpu, gpu.N or npu for an OpenVINO .xml (default: auto)"
 CLASSES_HELP = "keep only these classes: names or indices, comma-separated (person,dog), or the flag repeated"
 
 

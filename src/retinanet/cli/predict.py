@@ -47,10 +47,10 @@ def config_from_args(args: argparse.Namespace) -> PredictConfig:
 
 
 def _device(name: str) -> str:
-    """The torch device of ``--device`` (auto: CUDA when present, else the CPU)."""
-    from ..runtime import resolve_device
+    """``--device`` checked as a device name (CUDA: present); the model's format decides what it means (retinanet.devices)."""
+    from ..devices import check_present
 
-    return str(resolve_device(name, setting="--device"))
+    return check_present(name, setting="--device")
 
 
 def run(args: argparse.Namespace) -> int:

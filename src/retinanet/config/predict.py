@@ -36,7 +36,8 @@ class PredictConfig:
     """Frames read from a network stream or video URL when max_frames is unset (5 minutes
     at 30 fps): a live stream never ends by itself, and each frame is written out."""
     device: str = "auto"
-    """Torch device for checkpoints: auto (CUDA when present, else the CPU), cpu, cuda or cuda:N."""
+    """Where the model runs: auto (CUDA when present, else the CPU), cpu, cuda or cuda:N for a
+    checkpoint or an .onnx; cpu, gpu, gpu.N or npu for an OpenVINO .xml (retinanet.devices)."""
     threads: int | None = None
     """ONNX Runtime intra-op threads (unset: torch's thread count)."""
     verbose: bool = False
