@@ -1,10 +1,10 @@
 """Python API for inference: one ``Detector`` for checkpoints (.pt, run by PyTorch) and
-exported models (.onnx run by ONNX Runtime, .xml by OpenVINO; backends.py), with the same
+exported models (.onnx run by ONNX Runtime, .xml by OpenVINO, .tflite by LiteRT; backends.py), with the same
 inputs and outputs.
 
     from retinanet.api import Detector
 
-    det = Detector("runs/train/best.pt")          # or "model.onnx", "model.xml", or a RetinaNet
+    det = Detector("runs/train/best.pt")          # or "model.onnx", "model.xml", "model.tflite", or a RetinaNet
     r = det.predict("photo.jpg")                  # a Result
     r.boxes, r.scores, r.labels, r.names          # boxes (D, 4) xyxy in photo pixels
     rs = det.predict(["a.jpg", pil_image, rgb_array, chw_tensor])   # a list of Results
@@ -31,13 +31,15 @@ from typing import Any
 import numpy as np
 from torch import Tensor
 
-from .backends import CONF_KEY, OnnxBackend, OpenVinoBackend, TorchBackend, stored_conf
+from .backends import CONF_KEY, LiteRtBackend, OnnxBackend, OpenVinoBackend, TorchBackend, stored_conf
 from .config import PredictConfig
 from .results import Result, annotate, to_frame
 from .sources import Input, expand_images, load_inputs, open_source, read_inputs
 
 ONNX_SUFFIXES = (".onnx",)
 OPENVINO_SUFFIXES = (".xml",)
+LITERT_SUFFIXES = (".tflite",)
+EXPORT_SUFFIXES = ONNX_SUFFIXES + OPENVINO_SUFFIXES + LITERT_SUFFIXES
 CHECKPOINT_SUFFIXES = (".pt", ".pth", ".ckpt")
 Size = tuple[int, int]
 
@@ -59,7 +61,7 @@ class _Settings:
 class Detector:
     """Loads a model once; ``predict`` runs it on images of any size.
 
-    model: a checkpoint (.pt), an exported model (.onnx, or OpenVINO's .xml) or a built RetinaNet.
+    model: a checkpoint (.pt), an exported model (.onnx, OpenVINO's .xml, LiteRT's .tflite) or a built RetinaNet.
     conf: default score threshold (None: the one the checkpoint or export stores, else
     PredictConfig.fallback_conf, 0.25). iou, max_det: NMS IoU and detections per image
     (None: the model's own values). agnostic: class-agnostic NMS (None: the model's own
@@ -113,7 +115,7 @@ class Detector:
         self.classes = self.resolve_classes(classes)
 
     def _load(self, path: Path, threads: int | None, spin: bool, device: str, providers: Any) -> tuple[Any, float | None]:
-        """An .onnx or .xml export (its backend set up here; gives None) or a checkpoint's model and
+        """An .onnx, .xml or .tflite export (its backend set up here; gives None) or a checkpoint's model and
         the score threshold it stores (None: none)."""
         if not path.is_file():
             raise FileNotFoundError(f"{path}: model file not found")
@@ -123,7 +125,12 @@ class Detector:
             self.backend = OnnxBackend(path, threads, spin, device, providers)
         elif path.suffix.lower() in OPENVINO_SUFFIXES:
             self.backend = OpenVinoBackend(path, threads, device)
-        if path.suffix.lower() in ONNX_SUFFIXES + OPENVINO_SUFFIXES:
+        elif path.suffix.lower() in LITERT_SUFFIXES:
+            from .devices import litert_device
+
+            litert_device(device, path)
+            self.backend = LiteRtBackend(path, threads)
+        if path.suffix.lower() in EXPORT_SUFFIXES:
             meta = self.backend.meta
             self.class_names = json.loads(meta["class_names"])
             self.category_ids = [int(c) for c in json.loads(meta["category_ids"])]
@@ -135,7 +142,7 @@ class Detector:
             state = load_checkpoint(path)
             return model_from_checkpoint(state).fuse(), stored_conf(state.get(CONF_KEY))  # ours alone: fold for inference
         raise ValueError(
-            f"{path}: unknown model format {path.suffix!r}: expected a .pt checkpoint, an .onnx export or an OpenVINO .xml"
+            f"{path}: unknown model format {path.suffix!r}: expected a .pt checkpoint, an .onnx export, an OpenVINO .xml or a LiteRT .tflite"
         )
 
     @property

@@ -215,6 +215,65 @@ class OpenVinoBackend:
         return out
 
 
+class LiteRtBackend:
+    """A LiteRT (.tflite) export: the network alone at one square size, one image per run;
+    letterboxed by preprocess.letterbox and decoded by postprocess.postprocess_raw, as eager is."""
+
+    name = "litert"
+
+    def __init__(self, path: Path, threads: int | None):
+        from .export.metadata import read_litert_metadata
+
+        self.path = path
+        self.meta = read_litert_metadata(path)
+        try:
+            from ai_edge_litert.interpreter import Interpreter
+        except ImportError as e:
+            raise RuntimeError(f"{path}: running a LiteRT model needs ai-edge-litert: pip install 'retinanet-mobilenet[litert]' ({e})") from None
+        try:
+            self.interpreter = Interpreter(model_path=str(path), num_threads=threads or torch.get_num_threads())
+            self.interpreter.allocate_tensors()
+        except Exception as e:
+            raise RuntimeError(f"{path}: LiteRT cannot load this model: {_first_line(e)}") from e
+        _export_defaults(self, self.meta)
+        self.input_size = int(self.meta["input_size"])
+        self.topk = int(self.meta["topk"])
+        inputs, outputs = self.interpreter.get_input_details(), self.interpreter.get_output_details()
+        want = [1, 3, self.input_size, self.input_size]
+        if len(inputs) != 1 or list(inputs[0]["shape"]) != want or len(outputs) != 3:
+            raise RuntimeError(f"{path}: the model does not take one {tuple(want)} image and give three outputs: not a `retinanet export --format litert` model")
+        self.input_index = inputs[0]["index"]
+        # cls_logits, box_deltas, anchors: in the order the converter numbers its outputs
+        self.output_indices = [o["index"] for o in sorted(outputs, key=lambda o: _output_number(o["name"]))]
+
+    def run(self, images: list[Tensor], conf: float, iou: float, max_det: int, agnostic: bool) -> list[tuple[np.ndarray, ...]]:
+        from .config.model import PostprocessConfig
+        from .postprocess import postprocess_raw
+        from .preprocess import letterbox
+
+        post = PostprocessConfig(score_thresh=conf, nms_iou=iou, max_detections=max_det, topk=self.topk, agnostic=agnostic)
+        out = []
+        for im in images:
+            x, scales, sizes = letterbox([im], self.input_size)
+            try:
+                self.interpreter.set_tensor(self.input_index, x.numpy())
+                self.interpreter.invoke()
+                cls_logits, box_deltas, anchors = (self.interpreter.get_tensor(i) for i in self.output_indices)
+            except Exception as e:
+                raise RuntimeError(f"{self.path}: LiteRT failed on this model: {_first_line(e)}") from e
+            det = postprocess_raw(cls_logits, box_deltas, anchors, self.meta, float(scales[0]), tuple(int(v) for v in sizes[0]), post)
+            out.append((det.boxes.numpy(), det.scores.numpy(), det.labels.numpy()))
+        return out
+
+
+def _output_number(name: str) -> int:
+    """The converter's output number in a tensor name ('serving_default_output_1_output' -> 1)."""
+    import re
+
+    found = re.findall(r"output_(\d+)", name)
+    return int(found[-1]) if found else 0
+
+
 def _same_size_groups(images: list[Tensor]) -> dict[tuple[int, int], list[int]]:
     """Indices of the images that share a (H, W): an exported graph runs one size at a time."""
     groups: dict[tuple[int, int], list[int]] = {}

@@ -145,6 +145,11 @@ def build_runners(model, size: int, runtimes: tuple[str, ...], workdir: Path, ca
         runners["torchscript"] = traced_runner(fused, size)
     if "compile" in runtimes:
         runners["compile"] = compiled_runner(model, size)
+    if "litert" in runtimes:  # the network alone at the full square; letterbox and decode in numpy/torch
+        from .export.litert import export_litert
+
+        dlt = Detector(export_litert(fused, workdir / f"model{size}.tflite", size), threads=threads, conf=TIMING_CONF)
+        runners["litert fp32"] = lambda imgs: dlt.predict_tensors(imgs)
     if {"onnx", "int8", "openvino"} & set(runtimes):
         fp32 = export_onnx(model, workdir / f"model{size}.onnx", ExportConfig(input_size=size))
         if "openvino" in runtimes:

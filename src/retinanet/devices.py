@@ -7,6 +7,8 @@
     cuda[:N]    that CUDA device          CUDAExecutionProvider, device N      (refused)
     gpu[.N], npu, ...                     (refused)            (refused)       that OpenVINO device
 
+A LiteRT model (.tflite) runs on the CPU (XNNPACK): auto and cpu; other names are refused.
+
 A name a format cannot use is refused in one line naming the model file. ONNX Runtime's
 providers can also be listed outright (``Detector(..., providers=[...])``), as
 ``onnxruntime.InferenceSession`` takes them; the ones this onnxruntime lacks are refused.
@@ -89,6 +91,14 @@ def openvino_device(name: str, path: str | Path) -> str:
     if _CUDA.fullmatch(norm):
         raise ValueError(f"{path}: OpenVINO has no device {name!r}; an .xml model runs on auto, cpu, gpu, gpu.N or npu")
     return "CPU" if norm in ("auto", "cpu") else norm.upper()
+
+
+def litert_device(name: str, path: str | Path) -> str:
+    """A LiteRT model runs on the CPU: 'auto' and 'cpu' give 'cpu'; any other device is refused."""
+    norm = check_device(name)
+    if norm not in ("auto", "cpu"):
+        raise ValueError(f"{path}: a LiteRT model runs on the CPU here (auto or cpu), not {name!r}")
+    return "cpu"
 
 
 def _provider_name(p: Any) -> str:

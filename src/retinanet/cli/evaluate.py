@@ -1,5 +1,5 @@
 """`retinanet eval`: COCO metrics (pycocotools) of a checkpoint or an exported model
-(.onnx fp32 / int8, OpenVINO .xml) on a dataset, with the per-class table, PR curves, a
+(.onnx fp32 / int8, OpenVINO .xml, LiteRT .tflite) on a dataset, with the per-class table, PR curves, a
 confusion matrix and drawn samples written to --out."""
 
 from __future__ import annotations
@@ -10,14 +10,14 @@ from pathlib import Path
 from ..config.evaluation import EvalConfig
 from .flags import add_device, add_flag, run_dir
 
-EXPORTED = (".onnx", ".xml")  # run through api.Detector; anything else is read as a checkpoint
+EXPORTED = (".onnx", ".xml", ".tflite")  # run through api.Detector; anything else is read as a checkpoint
 RUNS = "runs/eval"  # each evaluation writes the next free RUNS/exp, exp2, ... unless --out names a folder
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     d = EvalConfig
     p.add_argument("--model", required=True,
-                   help="checkpoint (.pt) written by `retinanet train`, or a model `retinanet export` wrote (.onnx, .xml)")  # fmt: skip
+                   help="checkpoint (.pt) written by `retinanet train`, or a model `retinanet export` wrote (.onnx, .xml, .tflite)")  # fmt: skip
     p.add_argument("--data", required=True, help="dataset folder (COCO / VOC / YOLO), COCO json, or dataset spec / data.yaml")
     p.add_argument("--split", default="val", help="split of --data to evaluate (default: val)")
     p.add_argument("--out", help=f"folder for the metrics, detections and plots (default: the next free {RUNS}/exp, exp2, ...)")

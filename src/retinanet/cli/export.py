@@ -1,6 +1,6 @@
 """`retinanet export`: a checkpoint -> one ONNX graph (NMS inside), optionally also an
-int8 copy; with --format openvino each also as OpenVINO IR; optionally checked against
-eager PyTorch on a few images."""
+int8 copy; with --format openvino each also as OpenVINO IR; with --format litert the
+network alone as a LiteRT flatbuffer; optionally checked against eager PyTorch on a few images."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from pathlib import Path
 from ..config.export import CALIBRATION_METHODS, OPSET, ExportConfig, QuantizeConfig
 from .flags import add_flag
 
+RUNTIMES = {".xml": "OpenVINO", ".tflite": "LiteRT"}
 VERIFY_IMAGES = 16  # --verify compares on the first this many images
 INT8_OPENVINO = (
     "--int8 with --format openvino is not supported: OpenVINO runs the int8 ONNX graph wrongly (scores near 0); "
@@ -22,11 +23,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--format",
         default="onnx",
-        choices=["onnx", "openvino"],
-        help="onnx (ONNX Runtime), or openvino: OpenVINO IR (.xml + .bin), written beside the .onnx it is made from",
+        choices=["onnx", "openvino", "litert"],
+        help="onnx (ONNX Runtime); openvino: OpenVINO IR (.xml + .bin), written beside the .onnx it is made from; "
+        "litert: LiteRT / TFLite (.tflite), the network alone at the --imgsz square (letterbox and NMS run outside it)",
     )
     add_flag(p, "--out", "-o", aliases=("--output",),
-             help="output file (default: the checkpoint's path with .onnx, or .xml for openvino)")  # fmt: skip
+             help="output file (default: the checkpoint's path with .onnx, .xml for openvino, .tflite for litert)")  # fmt: skip
     add_flag(p, "--imgsz", aliases=("--size",), type=int, default=ExportConfig.input_size,
              help="input size the graph letterboxes to (default: the model's)")  # fmt: skip
     p.add_argument("--conf", type=float, default=ExportConfig.score_thresh, help="default score threshold (an input of the graph)")
@@ -86,8 +88,14 @@ def run(args: argparse.Namespace) -> int:
     if args.int8 and args.format == "openvino":
         raise ValueError(INT8_OPENVINO)
     if args.raw and (args.int8 or args.verify or args.format != "onnx"):
-        raise ValueError("--raw writes the network alone as ONNX: it does not combine with --int8, --verify or --format openvino")
+        raise ValueError("--raw writes the network alone as ONNX: it does not combine with --int8, --verify or --format openvino/litert")
+    if args.format == "litert" and args.int8:
+        raise ValueError("--int8 with --format litert is not supported: export the fp32 .tflite, or --format onnx --int8")
+    if args.format == "litert" and args.rect:
+        raise ValueError("--rect does not apply to --format litert: the .tflite takes one fixed --imgsz square")
     model = model_from_checkpoint(ckpt)
+    if args.format == "litert":
+        return _litert(model, ckpt, args)
     if args.raw:
         from ..export.raw import export_raw
 
@@ -113,6 +121,16 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _litert(model, ckpt: Path, args: argparse.Namespace) -> int:
+    from ..export.litert import export_litert
+
+    out = export_litert(model, Path(args.out) if args.out else ckpt.with_suffix(".tflite"), args.imgsz)
+    print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB, LiteRT fp32, network only: letterbox and NMS run in the Detector)")
+    if args.verify:
+        _verify(model, [out], args.verify)
+    return 0
+
+
 def _to_openvino(onnx_path: Path) -> Path:
     from ..export.openvino import export_openvino
 
@@ -130,7 +148,7 @@ def _verify(model, outputs: list[Path], source: str) -> None:
     for path in outputs:
         r = parity_report(model, path, images)
         print(
-            f"{path.name}: eager vs {'OpenVINO' if path.suffix == '.xml' else 'ONNX Runtime'} on {r['images']} images: {r['matched']:.1%} of "
+            f"{path.name}: eager vs {RUNTIMES.get(path.suffix, 'ONNX Runtime')} on {r['images']} images: {r['matched']:.1%} of "
             f"{r['detections']} detections matched, {r['matched_working']:.1%} of the "
             f"{r['detections_working']} scoring >= {WORKING_CONF}; max box difference {r['max_box_diff']:.3f} px"
         )

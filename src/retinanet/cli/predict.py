@@ -1,4 +1,4 @@
-"""`retinanet predict SOURCE...`: run a checkpoint (.pt) or exported model (.onnx, .xml) on
+"""`retinanet predict SOURCE...`: run a checkpoint (.pt) or exported model (.onnx, .xml, .tflite) on
 images, folders, globs, image URLs, video files, video streams or a webcam (see
 retinanet.predict for the outputs)."""
 
@@ -18,7 +18,7 @@ D = PredictConfig
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("sources", nargs="+", metavar="SOURCE", help="image, folder, glob ('imgs/*.jpg'), image URL, video file, stream (rtsp://, http MJPEG) or webcam index (0)")
-    p.add_argument("--model", help="checkpoint (.pt) or exported model (.onnx, or OpenVINO .xml); default: an untrained --preset model")
+    p.add_argument("--model", help="checkpoint (.pt) or exported model (.onnx, OpenVINO .xml, LiteRT .tflite); default: an untrained --preset model")
     p.add_argument("--preset", default="default", help="preset of the untrained model used without --model")
     add_flag(p, "--out", aliases=("--output",), help=f"output folder (default: the next free {D.out}/exp, exp2, ...)")
     p.add_argument("--conf", type=float, default=D.conf, help=f"score threshold (default: the one the model stores, else {D.fallback_conf})")

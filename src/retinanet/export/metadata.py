@@ -1,6 +1,7 @@
 """The contract every exported model carries, and the one thing the runtime side
 (backends.py) reads: tensor names, the format stamp and the metadata (an ONNX model's
-metadata_props, an OpenVINO IR's rt_info section OPENVINO_SECTION).
+metadata_props, an OpenVINO IR's rt_info section OPENVINO_SECTION, a LiteRT flatbuffer's
+metadata entry LITERT_SECTION).
 
 Kept free of torch and of the rest of the package, so that reading a model never
 imports the exporter.
@@ -26,6 +27,11 @@ OPENVINO_SECTION = "retinanet"  # the IR's rt_info section that holds the metada
 # The IR starts after the letterbox (export/openvino.py): the letterboxed image, its scale
 # and the original [W, H, W, H] the boxes are clipped to, then the thresholds.
 OPENVINO_INPUTS = ("x", "scale", "limits", SCORE_INPUT, IOU_INPUT)
+
+LITERT_FORMAT = "retinanet-mobilenet-litert/1"
+LITERT_SECTION = "retinanet"  # the flatbuffer metadata entry that holds the metadata, as JSON
+LITERT_IDENTIFIER = b"TFL3"  # a TFLite / LiteRT flatbuffer's file identifier (bytes 4-8)
+RAW_KEYS: dict[str, Callable[[str], Any]] = {"level_counts": json.loads, "box_coder": json.loads, "topk": int}
 
 LETTERBOX_PREFIX = "letterbox/"  # name prefix of the letterbox's nodes (left in fp32 by quantize_int8)
 NAME_SCOPES_KEY = "pkg.torch.onnx.name_scopes"  # node metadata: the torch module path of a node
@@ -129,4 +135,34 @@ def read_openvino_metadata(path: str | Path, model: Any) -> dict[str, str]:
     lacks += [f"output {n!r}" for n in OUTPUT_NAMES if n not in outputs]
     if lacks:
         raise RuntimeError(f"{path}: the model lacks {', '.join(lacks)}: not a `retinanet export --format openvino` model")
+    return meta
+
+
+def read_litert_metadata(path: str | Path) -> dict[str, str]:
+    """The metadata of a LiteRT (.tflite) export: the JSON in its flatbuffer metadata entry
+    LITERT_SECTION, checked like an ONNX model's, with what the network-only decode needs."""
+    path = Path(path)
+    data = path.read_bytes()
+    if data[4:8] != LITERT_IDENTIFIER:
+        raise RuntimeError(f"{path}: not a LiteRT / TFLite flatbuffer (no {LITERT_IDENTIFIER.decode()} identifier)")
+    from ai_edge_litert import schema_py_generated as schema
+
+    try:  # a damaged or crafted file: flatbuffers raises on offsets outside the data
+        model = schema.Model.GetRootAs(data, 0)
+        entries = {model.Metadata(i).Name(): model.Metadata(i).Buffer() for i in range(model.MetadataLength())}
+        index = entries.get(LITERT_SECTION.encode())
+        raw = None if index is None else model.Buffers(index).DataAsNumpy()
+        meta = json.loads(bytes(raw).decode()) if raw is not None and not isinstance(raw, int) else {}
+    except Exception as e:
+        raise RuntimeError(f"{path}: unreadable LiteRT metadata ({type(e).__name__}: {e})") from None
+    if not isinstance(meta, dict) or meta.get("format") != LITERT_FORMAT:
+        found = meta.get("format") if isinstance(meta, dict) else None
+        raise RuntimeError(f"{path}: not exported by `retinanet export --format litert` (format is {found!r})")
+    meta = {str(k): str(v) for k, v in meta.items()}
+    _check_metadata(path, meta)
+    for key, parse in RAW_KEYS.items():
+        try:
+            parse(meta[key])
+        except (KeyError, ValueError):
+            raise RuntimeError(f"{path}: metadata {key} is missing or does not parse; export the model again") from None
     return meta

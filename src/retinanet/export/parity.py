@@ -41,13 +41,19 @@ def match_detections(a, b, iou_min: float = 0.9, px_tol: float = 0.5) -> tuple[f
 
 
 def parity_report(model: nn.Module, onnx_path: str | Path, images: list, conf: float | None = None) -> dict[str, float]:
-    """Eager PyTorch vs an exported model (.onnx in ONNX Runtime, .xml in OpenVINO) on the
+    """Eager PyTorch vs an exported model (.onnx in ONNX Runtime, .xml in OpenVINO, .tflite in LiteRT) on the
     same images: the fraction of eager detections the export reproduces (all of them, and those scoring at least WORKING_CONF, the
     ones a user acts on) and the largest box coordinate difference among matches, in pixels."""
+    import copy
+
     from ..api import Detector
 
-    eager = Detector(model, conf=conf)
     ort_det = Detector(onnx_path, conf=conf)
+    rect = ort_det.backend.meta.get("rect", "false") == "true"
+    if bool(model.cfg.rect) != rect:  # eager letterboxes as the export does (a square-only one: the full square)
+        model = copy.deepcopy(model)
+        model.cfg.rect = rect
+    eager = Detector(model, conf=conf)
     ra, rb = eager.predict(list(images)), ort_det.predict(list(images))
     matched = matched_working = count = count_working = 0
     worst = 0.0

@@ -47,10 +47,26 @@ class RawGraph(nn.Module):
         anchors, counts = model.anchors((input_size, input_size))
         self.register_buffer("anchors", anchors.clone(), persistent=False)
         self.level_counts = list(counts)
+        self.input_size = input_size
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         cls_logits, box_deltas = self.head(self.fpn(self.backbone((x - self.mean) / self.std)))
         return cls_logits, box_deltas, self.anchors
+
+
+def raw_metadata(model: nn.Module, graph: RawGraph, fmt: str, batch: str = "N") -> dict[str, str]:
+    """What a network-only export carries: the class names, thresholds and sizes of every
+    export, and what postprocess.postprocess_raw needs (level_counts, box_coder)."""
+    size = graph.input_size
+    meta = export_metadata(model, size, rect=False, post=model.cfg.postprocess, rows=model.cfg.postprocess.max_detections)
+    coder = model.box_coder
+    meta.update(
+        format=fmt,
+        input_format=f"float ({batch}, 3, {size}, {size}) RGB in [0, 1], letterboxed (resized, padded bottom/right with 0)",
+        level_counts=json.dumps(graph.level_counts),
+        box_coder=json.dumps({"weights": list(coder.weights), "clamp": float(coder.clamp)}),
+    )
+    return meta
 
 
 def export_raw(model: nn.Module, path: str | Path, input_size: int | None = None, opset: int = OPSET) -> Path:
@@ -77,15 +93,7 @@ def export_raw(model: nn.Module, path: str | Path, input_size: int | None = None
         net = onnx.load(str(tmp_path))
     for node in net.graph.node:  # the exporter's stack traces would carry this machine's paths
         del node.metadata_props[:]
-    meta = export_metadata(model, size, rect=False, post=model.cfg.postprocess, rows=model.cfg.postprocess.max_detections)
-    coder = model.box_coder
-    meta.update(
-        format=RAW_FORMAT,
-        input_format=f"float (N, 3, {size}, {size}) RGB in [0, 1], letterboxed (resized, padded bottom/right with 0)",
-        level_counts=json.dumps(graph.level_counts),
-        box_coder=json.dumps({"weights": list(coder.weights), "clamp": float(coder.clamp)}),
-    )
-    set_metadata(net, meta)
+    set_metadata(net, raw_metadata(model, graph, RAW_FORMAT))
     net.producer_name = "retinanet-mobilenet"
     onnx.checker.check_model(net, full_check=True)
     path.parent.mkdir(parents=True, exist_ok=True)

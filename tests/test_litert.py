@@ -1,0 +1,115 @@
+"""`retinanet export --format litert`: the network alone as a LiteRT flatbuffer (litert-torch),
+run by ai-edge-litert behind Detector with our letterbox and decode; parity with eager on
+real photos, metadata in the flatbuffer, one-line refusals for files that are not ours."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import ai_edge_litert  # noqa: F401  the set-up installs it: a missing package fails here, never skips
+import pytest
+
+from retinanet.api import Detector
+from retinanet.checkpoint import model_from_checkpoint
+from retinanet.cli import main
+from retinanet.export import match_detections
+from retinanet.export.litert import with_metadata
+from retinanet.export.metadata import read_litert_metadata
+from test_export import CATEGORY_IDS, CLASS_NAMES, SIZE, real_images
+
+
+@pytest.fixture(scope="module")
+def tflite(exported, tmp_path_factory):
+    """The shared checkpoint exported through the CLI as LiteRT."""
+    ckpt, _ = exported
+    out = tmp_path_factory.mktemp("litert") / "model.tflite"
+    assert main(["export", str(ckpt), "--format", "litert", "--out", str(out)]) == 0
+    return out
+
+
+def _square_eager(ckpt) -> Detector:
+    """Eager PyTorch letterboxing to the full square, as the .tflite takes its input."""
+    model = model_from_checkpoint(ckpt)
+    model.cfg.rect = False
+    return Detector(model, conf=0.01)
+
+
+def test_litert_matches_eager_on_real_photos(exported, tflite, coco128, raccoon):
+    eager, lite = _square_eager(exported[0]), Detector(tflite, conf=0.01)
+    assert lite.backend_name == "litert"
+    files = real_images(coco128, raccoon)
+    total = matched = 0
+    for a, b in zip(eager.predict(files), lite.predict(files)):
+        fraction, worst = match_detections(a, b)  # same class, IoU >= 0.9
+        total += len(a)
+        matched += fraction * len(a)
+        assert worst < 0.05, a.source  # pixels of the original photo
+    assert total > 100 and matched / total >= 0.98
+
+
+def test_thresholds_and_agnostic_nms_per_call(exported, tflite, coco128):
+    img = coco128 / "train2017" / "000000000034.jpg"
+    eager, lite = _square_eager(exported[0]), Detector(tflite)
+    low, high = lite.predict(img, conf=0.02), lite.predict(img, conf=0.1)
+    assert len(high) < len(low) and (high.scores > 0.1).all()
+    for kwargs in ({"conf": 0.03, "iou": 0.2}, {"conf": 0.03, "agnostic": True}, {"conf": 0.02, "max_det": 5}):
+        a, b = eager.predict(img, **kwargs), lite.predict(img, **kwargs)
+        assert len(a) == len(b) > 0 and match_detections(a, b)[0] == 1.0, kwargs
+    assert len(lite.predict(img, conf=0.02, max_det=5)) == 5
+
+
+def test_metadata_travels_in_the_flatbuffer(exported, tflite):
+    det = Detector(tflite)
+    assert det.class_names == CLASS_NAMES and det.category_ids == CATEGORY_IDS and det.input_size == SIZE
+    meta = read_litert_metadata(tflite)
+    model = model_from_checkpoint(exported[0])
+    assert meta["format"] == "retinanet-mobilenet-litert/1" and json.loads(meta["anchors"])["sizes"] == list(model.cfg.anchors.sizes)
+    assert sum(json.loads(meta["level_counts"])) == len(model.anchors((SIZE, SIZE))[0])
+    assert (det.backend.score_thresh, det.backend.nms_iou) == (model.cfg.postprocess.score_thresh, model.cfg.postprocess.nms_iou)
+
+
+def test_a_stored_threshold_is_the_default(tflite, tmp_path):
+    meta = read_litert_metadata(tflite)
+    stamped = tmp_path / "stamped.tflite"
+    stamped.write_bytes(with_metadata(tflite.read_bytes(), {**meta, "conf_threshold": "0.07"}))
+    assert Detector(stamped).conf == pytest.approx(0.07)
+    assert read_litert_metadata(stamped)["conf_threshold"] == "0.07"  # replaced, not a second entry
+
+
+def test_files_that_are_not_ours_are_one_clear_line(tflite, tmp_path):
+    foreign = tmp_path / "foreign.tflite"
+    foreign.write_bytes(with_metadata(tflite.read_bytes(), {"format": "someone-else/1"}))
+    with pytest.raises(RuntimeError, match=r"foreign\.tflite: not exported by `retinanet export --format litert`"):
+        Detector(foreign)
+    garbage = tmp_path / "garbage.tflite"
+    garbage.write_bytes(b"\x00" * 4 + b"TFL3" + b"\xff" * 64)
+    with pytest.raises(RuntimeError, match=r"garbage\.tflite: "):
+        Detector(garbage)
+    text = tmp_path / "text.tflite"
+    text.write_text("not a model")
+    with pytest.raises(RuntimeError, match=r"text\.tflite: not a LiteRT / TFLite flatbuffer"):
+        Detector(text)
+    with pytest.raises(ValueError, match=r"model\.tflite: a LiteRT model runs on the CPU here"):
+        Detector(shutil.copy(tflite, tmp_path / "model.tflite"), device="cuda")
+
+
+def test_export_refusals(exported, tmp_path, capsys):
+    ckpt, _ = exported
+    for extra, says in ((["--int8", "--calibration", str(tmp_path)], "--int8 with --format litert"), (["--rect"], "--rect does not apply")):
+        assert main(["export", str(ckpt), "--format", "litert", "--out", str(tmp_path / "m.tflite"), *extra]) != 0
+        assert says in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())
+
+
+def test_verify_and_eval_take_the_tflite(exported, tflite, coco128, tmp_path, capsys):
+    ckpt, _ = exported
+    out = tmp_path / "v.tflite"
+    assert main(["export", str(ckpt), "--format", "litert", "--out", str(out), "--verify", str(coco128 / "train2017")]) == 0
+    line = [s for s in capsys.readouterr().out.splitlines() if s.startswith("v.tflite: eager vs LiteRT on 16 images")]
+    assert len(line) == 1 and "detections matched" in line[0]
+    args = ["eval", "--model", str(tflite), "--data", str(coco128), "--split", "train2017", "--max-images", "6",
+            "--conf", "0.01", "--no-plots", "--out", str(tmp_path / "eval")]  # fmt: skip
+    assert main(args) == 0
+    found = json.loads((tmp_path / "eval" / "detections.json").read_text())
+    assert len(found) > 20 and {d["category_id"] for d in found} <= set(CATEGORY_IDS)
