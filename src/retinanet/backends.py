@@ -192,19 +192,11 @@ class OpenVinoBackend:
         self.rect = parse_bool(self.meta.get("rect", "false"))
 
     def run(self, images: list[Tensor], conf: float, iou: float, max_det: int, agnostic: bool) -> list[tuple[np.ndarray, ...]]:
-        from .preprocess import RECT_STRIDE, letterbox
+        from .export.openvino import openvino_inputs
 
         out: list[Any] = [None] * len(images)
         for idx in _same_size_groups(images).values():  # scale and limits are one per run
-            x, scales, sizes = letterbox([images[i] for i in idx], self.input_size, RECT_STRIDE if self.rect else None)
-            h, w = (float(v) for v in sizes[0])
-            feeds = {
-                "x": x.numpy(),
-                "scale": np.array([float(scales[0])], np.float32),
-                "limits": np.array([w, h, w, h], np.float32),
-                self.score_input: np.array([conf], np.float32),
-                self.iou_input: np.array([graph_iou(iou, agnostic)], np.float32),
-            }
+            feeds = openvino_inputs([images[i] for i in idx], self.input_size, self.rect, conf, graph_iou(iou, agnostic))
             try:
                 res = self.request.infer(feeds)
             except Exception as e:

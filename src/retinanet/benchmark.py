@@ -150,27 +150,45 @@ def build_runners(model, size: int, runtimes: tuple[str, ...], workdir: Path, ca
 
         dlt = Detector(export_litert(fused, workdir / f"model{size}.tflite", size), threads=threads, conf=TIMING_CONF)
         runners["litert fp32"] = lambda imgs: dlt.predict_tensors(imgs)
-    if {"onnx", "int8", "openvino"} & set(runtimes):
+    if {"onnx", "int8", "openvino", "openvino-int8"} & set(runtimes):
         fp32 = export_onnx(model, workdir / f"model{size}.onnx", ExportConfig(input_size=size))
-        if "openvino" in runtimes:
-            from .export.openvino import export_openvino
-
-            dov = Detector(export_openvino(fp32, workdir / f"model{size}.xml"), threads=threads, conf=TIMING_CONF)
-            runners["openvino fp32"] = lambda imgs: dov.predict_tensors(imgs)
+        if "int8" in runtimes or "openvino-int8" in runtimes:
+            calibration = calibration or [_saved(image, workdir / "calibration.png")]
+        if "openvino" in runtimes or "openvino-int8" in runtimes:
+            runners.update(_openvino_runners(fp32, runtimes, calibration, threads))
         if "onnx" in runtimes:
             d32 = Detector(fp32, threads=threads, conf=TIMING_CONF)
             runners["onnx fp32"] = lambda imgs: d32.predict_tensors(imgs)
         if "int8" in runtimes:
-            if calibration is None:
-                from PIL import Image
-
-                calib = workdir / "calibration.png"
-                Image.fromarray(image).save(calib)
-                calibration = [calib]
             q = quantize_int8(fp32, workdir / f"model{size}.int8.onnx", calibration, QuantizeConfig(num_images=min(100, len(calibration))))
             d8 = Detector(q, threads=threads, conf=TIMING_CONF)
             runners["onnx int8"] = lambda imgs: d8.predict_tensors(imgs)
     return runners
+
+
+def _openvino_runners(fp32: Path, runtimes: tuple[str, ...], calibration: list[Path] | None, threads: int) -> dict[str, Callable]:
+    """OpenVINO fp32 (the IR of the ONNX graph) and int8 (that IR quantized by NNCF) runners."""
+    from .api import Detector
+    from .export.openvino import export_openvino, quantize_openvino
+
+    xml = export_openvino(fp32, fp32.with_suffix(".xml"))
+    runners: dict[str, Callable] = {}
+    if "openvino" in runtimes:
+        dov = Detector(xml, threads=threads, conf=TIMING_CONF)
+        runners["openvino fp32"] = lambda imgs: dov.predict_tensors(imgs)
+    if "openvino-int8" in runtimes:
+        q = quantize_openvino(xml, fp32.with_name(fp32.stem + ".int8.xml"), calibration or [], num_images=min(100, len(calibration or [])))
+        dq = Detector(q, threads=threads, conf=TIMING_CONF)
+        runners["openvino int8"] = lambda imgs: dq.predict_tensors(imgs)
+    return runners
+
+
+def _saved(image: np.ndarray, path: Path) -> Path:
+    """A calibration image when none is given: the timed photo, saved once."""
+    from PIL import Image
+
+    Image.fromarray(image).save(path)
+    return path
 
 
 def benchmark(

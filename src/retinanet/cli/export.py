@@ -12,10 +12,6 @@ from .flags import add_flag
 
 RUNTIMES = {".xml": "OpenVINO", ".tflite": "LiteRT"}
 VERIFY_IMAGES = 16  # --verify compares on the first this many images
-INT8_OPENVINO = (
-    "--int8 with --format openvino is not supported: OpenVINO runs the int8 ONNX graph wrongly (scores near 0); "
-    "export the fp32 IR, or --format onnx --int8 for ONNX Runtime"
-)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -85,8 +81,8 @@ def run(args: argparse.Namespace) -> int:
     ckpt = Path(args.checkpoint)
     if args.int8 and not args.calibration:
         raise ValueError("--int8 needs --calibration IMAGES (a folder or glob of representative images)")
-    if args.int8 and args.format == "openvino":
-        raise ValueError(INT8_OPENVINO)
+    if args.int8 and args.format == "openvino" and (args.fp32_predictors or args.calibration_method != QuantizeConfig.method):
+        raise ValueError("--format openvino --int8 calibrates with NNCF's own min-max: --calibration-method and --fp32-predictors apply to ONNX only")
     if args.raw and (args.int8 or args.verify or args.format != "onnx"):
         raise ValueError("--raw writes the network alone as ONNX: it does not combine with --int8, --verify or --format openvino/litert")
     if args.format == "litert" and args.int8:
@@ -108,14 +104,14 @@ def run(args: argparse.Namespace) -> int:
     export_onnx(model, out, export_config(args))
     print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB, fp32)")
     outputs = [out]
+    if args.format == "openvino":
+        return _openvino(model, out, args)
     if args.int8:
         q_out = out.with_name(out.stem + ".int8.onnx")
         qcfg = QuantizeConfig(num_images=args.calibration_images, method=args.calibration_method, fp32_predictors=args.fp32_predictors)
         quantize_int8(out, q_out, args.calibration, qcfg)
         print(f"wrote {q_out} ({q_out.stat().st_size / 1e6:.1f} MB, int8)")
         outputs.append(q_out)
-    if args.format == "openvino":
-        outputs = [_to_openvino(path) for path in outputs]
     if args.verify:
         _verify(model, outputs, args.verify)
     return 0
@@ -131,13 +127,19 @@ def _litert(model, ckpt: Path, args: argparse.Namespace) -> int:
     return 0
 
 
-def _to_openvino(onnx_path: Path) -> Path:
-    from ..export.openvino import export_openvino
+def _openvino(model, onnx_path: Path, args: argparse.Namespace) -> int:
+    """The fp32 IR from the ONNX graph, and with --int8 an int8 IR quantized from it by NNCF."""
+    from ..export.openvino import export_openvino, quantize_openvino
 
-    xml = export_openvino(onnx_path, onnx_path.with_suffix(".xml"))
-    size = xml.stat().st_size + xml.with_suffix(".bin").stat().st_size
-    print(f"wrote {xml} and {xml.with_suffix('.bin').name} ({size / 1e6:.1f} MB, OpenVINO IR)")
-    return xml
+    outputs = [export_openvino(onnx_path, onnx_path.with_suffix(".xml"))]
+    if args.int8:
+        outputs.append(quantize_openvino(outputs[0], onnx_path.with_name(onnx_path.stem + ".int8.xml"), args.calibration, args.calibration_images))
+    for xml, precision in zip(outputs, ("fp32", "int8")):
+        size = xml.stat().st_size + xml.with_suffix(".bin").stat().st_size
+        print(f"wrote {xml} and {xml.with_suffix('.bin').name} ({size / 1e6:.1f} MB, OpenVINO IR {precision})")
+    if args.verify:
+        _verify(model, outputs, args.verify)
+    return 0
 
 
 def _verify(model, outputs: list[Path], source: str) -> None:

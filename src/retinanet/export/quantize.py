@@ -89,7 +89,7 @@ class _CalibrationReader(CalibrationDataReader):
 
 def _calibration_files(calibration: str | Path | list[Path], n: int) -> list[Path]:
     """A folder, a glob or a list of files -> at most ``n`` image paths, evenly spread."""
-    from ..api import expand_images
+    from ..sources import expand_images
 
     files = list(calibration) if isinstance(calibration, list) else expand_images(calibration)
     return _spread([Path(f) for f in files], n)
