@@ -84,13 +84,12 @@ def _parity(eager: list, found: list, iou_min: float) -> float:
 
 
 def accuracy(checkpoint: Path, threads: int) -> str:
+    from accuracy import splits  # aquarium as the accuracy benchmark reads it (its defective boxes dropped)
+
     from retinanet.checkpoint import model_from_checkpoint
-    from retinanet.data import load_dataset
     from retinanet.evaluation import evaluate
 
-    aquarium = DATASETS / "aquarium"
-    test = load_dataset(str(aquarium), "test", check="header")
-    train = load_dataset(str(aquarium), "train", check="header")
+    train, _, test = splits("aquarium")
     calibration = [r.image_path for r in train.records]
     model = model_from_checkpoint(checkpoint).eval()
     files = [r.image_path for r in test.records]

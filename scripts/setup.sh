@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Create .venv with torch 2.14.1 / torchvision 0.29.1, the project (TensorBoard included),
-# its test tools (MLflow's client among them, for train.loggers=[mlflow]; OpenVINO, for
-# export --format openvino) and torchvision's
+# its test tools (MLflow's client among them, for train.loggers=[mlflow]; OpenVINO and NNCF,
+# for export --format openvino; litert-torch and ai-edge-litert, for --format litert;
+# FastAPI, uvicorn and Playwright, for retinanet serve and its web page) and torchvision's
 # ImageNet MobileNetV2 weights (offline, sha256-checked). Safe to re-run.
 set -euo pipefail
 cd "$(dirname "$0")/.."

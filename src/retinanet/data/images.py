@@ -96,6 +96,10 @@ class MissingImageError(ImageError):
     """The image file does not exist."""
 
 
+class TooManyPixelsError(ImageError):
+    """The image declares more pixels than max_pixels(): refused before decoding."""
+
+
 @dataclass(frozen=True)
 class ImageInfo:
     width: int
@@ -148,7 +152,7 @@ def check_pixels(path: Path, width: int, height: int) -> None:
     """ImageError when a ``width`` x ``height`` image is above max_pixels()."""
     limit = max_pixels()
     if width * height > limit:
-        raise ImageError(
+        raise TooManyPixelsError(
             f"{path}: {width}x{height} is {width * height / 1e6:.0f} megapixels, above the limit of "
             f"{limit / 1e6:g} ({MAX_PIXELS_ENV}); not decoded"
         )

@@ -44,10 +44,10 @@ def export_litert(model: nn.Module, path: str | Path, input_size: int | None = N
     litert_torch.config.show_progress = False  # its per-pass timing lines; our own line says what was written
     try:
         with torch.no_grad(), quiet_logger("litert_torch"):
-            edge = litert_torch.convert(graph, (torch.rand(1, 3, size, size),))
+            flat = litert_torch.convert(graph, (torch.rand(1, 3, size, size),)).model_content()
     finally:
         litert_torch.config.show_progress = shown
-    flat = with_metadata(edge.model_content(), raw_metadata(model, graph, LITERT_FORMAT, batch="1"))
+    flat = with_metadata(flat, raw_metadata(model, graph, LITERT_FORMAT, batch="1"))
     path.parent.mkdir(parents=True, exist_ok=True)
     write_atomic(path, flat)
     return path
