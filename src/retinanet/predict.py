@@ -153,6 +153,8 @@ def check_config(cfg: PredictConfig) -> None:
 def predict(detector: Detector, sources: Sources, cfg: PredictConfig) -> PredictSummary:
     """Run ``detector`` over every image and video of ``sources`` into ``cfg.out``."""
     check_config(cfg)
+    if cfg.track and sources.images:
+        raise ValueError(f"--track follows objects through a video's frames; {sources.images[0]} is an image (give videos, streams or webcams)")
     writer = Writer(Path(cfg.out), detector, cfg)
     names = output_names(sources.images, sources.videos)  # one flat folder: no two outputs share a name
     failed = _predict_images(sources.images, names, detector, writer) if sources.images else 0
@@ -226,15 +228,34 @@ class _VideoRun:
         self.sink = VideoSink(writer.out / f"{self.stem}.mp4", self.video.fps) if writer.cfg.save else None
         self.bar = tqdm(total=self.video.total, desc=self.stem, unit="frame", file=sys.stderr)
         self.frame_idx = 0
+        self.tracker = self.mot = None
+        if writer.cfg.track:
+            from .tracking import Tracker
+
+            self.tracker = Tracker(det.conf, self.video.fps)
+            self.mot = writer.out / "tracks" / f"{self.stem}.txt"
+            self.mot.parent.mkdir(exist_ok=True)
+            self.mot.write_text("")
 
     def flush(self, frames: list[np.ndarray]) -> None:
         tensors = [torch.from_numpy(f).permute(2, 0, 1) for f in frames]  # (H, W, 3) -> (3, H, W)
-        for frame, result in zip(frames, self.det.predict_tensors(tensors, [self.source] * len(frames))):
+        conf = self.tracker.detector_conf if self.tracker else None  # a tracker also takes the low-scoring boxes
+        for frame, result in zip(frames, self.det.predict_tensors(tensors, [self.source] * len(frames), conf=conf)):
+            if self.tracker is not None:
+                result = self._track(result)
             self.writer.add(result, self.source, f"{self.stem}_{self.frame_idx:06d}", frame=self.frame_idx)
             if self.sink is not None:
                 self.sink.write(annotate(frame, result))
             self.frame_idx += 1
         self.bar.update(len(frames))
+
+    def _track(self, result: Result) -> Result:
+        from .tracking import mot_lines
+
+        tracked = self.tracker.update(result)
+        with self.mot.open("a") as f:
+            f.writelines(line + "\n" for line in mot_lines(self.frame_idx, tracked))
+        return tracked
 
     def close(self) -> None:
         self.bar.close()

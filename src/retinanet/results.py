@@ -56,6 +56,8 @@ class Result:
     reduced: then its size differs from image_size, and drawings and crops are at its size."""
     frame: int | None = None
     """Index of the frame in its video or stream (None for an image)."""
+    track_ids: np.ndarray | None = None
+    """(D,) int64 track id of each detection when a tracker assigned them (tracking.Tracker), else None."""
 
     def __len__(self) -> int:
         return len(self.scores)
@@ -75,7 +77,7 @@ class Result:
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data: source, frame, image height and width, and the detections (box xyxy in
-        pixels, score, label, name, category_id), best first."""
+        pixels, score, label, name, category_id, and track_id when tracked), best first."""
         h, w = self.image_size
         detections = [
             {"box": [round(v, JSON_BOX_DECIMALS) for v in box], "score": round(score, JSON_SCORE_DECIMALS),
@@ -84,6 +86,9 @@ class Result:
                 self.boxes.tolist(), self.scores.tolist(), self.labels.tolist(), self.names, self._category_ids()
             )
         ]  # fmt: skip
+        if self.track_ids is not None:
+            for d, tid in zip(detections, self.track_ids.tolist()):
+                d["track_id"] = tid
         return {"source": self.source, "frame": self.frame, "height": h, "width": w, "detections": detections}
 
     def to_json(self, indent: int | None = None) -> str:
@@ -149,6 +154,8 @@ def annotate(image: Tensor | np.ndarray, result: Result) -> np.ndarray:
     if isinstance(image, np.ndarray):
         image = array_to_chw(image, "image")
     text = [f"{n} {s:.2f}" for n, s in zip(result.names, result.scores.tolist())]
+    if result.track_ids is not None:  # a tracked video: each box carries its track's id
+        text = [f"#{t} {label}" for t, label in zip(result.track_ids.tolist(), text)]
     colors = [class_color(label) for label in result.labels.tolist()]
     boxes = to_frame(result.boxes, result.image_size, (int(image.shape[-2]), int(image.shape[-1])))
     drawn = draw_boxes(to_uint8(image), torch.from_numpy(boxes), text, colors, scores=result.scores.tolist())

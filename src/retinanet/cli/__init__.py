@@ -13,13 +13,14 @@ import warnings
 
 from .. import __version__
 from ..stop import TrainingInterrupted
-from . import anchors, benchmark, cfg, check_data, convert, evaluate, export, predict, pretrain, serve, train, weights
+from . import anchors, benchmark, cfg, check_data, convert, evaluate, export, predict, pretrain, serve, track, train, weights
 
 # command -> (module, one-line help), in the order `retinanet --help` lists them
 COMMANDS = {
     "train": (train, "fine-tune a detector (default: on the built-in synthetic shapes)"),
     "eval": (evaluate, "COCO metrics (pycocotools) of a checkpoint on a dataset, with PR curves and a confusion matrix"),
     "predict": (predict, "run a model on images, folders, videos or a webcam; annotated output and COCO JSON"),
+    "track": (track, "follow objects through videos (ByteTrack): ids drawn, MOTChallenge text"),
     "export": (export, "export a checkpoint to ONNX (NMS inside, optionally int8), OpenVINO IR or LiteRT"),
     "serve": (serve, "serve a model over HTTP (JSON API, batched requests) with a web page"),
     "benchmark": (benchmark, "latency of eager, TorchScript, ONNX fp32 / int8 beside the torchvision peer"),

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 from typing import Any
 
 from ..api import Detector
@@ -35,6 +36,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_device(p)
     p.add_argument("--threads", type=int, default=D.threads, help="ONNX Runtime threads (default: torch's thread count)")
     p.add_argument("--verbose", action="store_true", help="print every image's detections")
+    p.add_argument("--track", action="store_true", help="follow objects through each video (ByteTrack): ids on the video, OUT/tracks/<video>.txt")
 
 
 def config_from_args(args: argparse.Namespace) -> PredictConfig:
@@ -43,6 +45,7 @@ def config_from_args(args: argparse.Namespace) -> PredictConfig:
         classes=",".join(class_list(args.classes) or []),
         batch=args.batch, save=not args.no_save, save_txt=args.save_txt, save_conf=args.save_conf,
         max_frames=args.max_frames, device=_device(args.device), threads=args.threads, verbose=args.verbose,
+        track=getattr(args, "track", False),
     )  # fmt: skip
 
 
@@ -73,4 +76,6 @@ def run(args: argparse.Namespace) -> int:
         f"({det.backend_name}) -> {done.json_path}"
         + (f"; {done.failed} unreadable images skipped" if done.failed else "")
     )
+    if cfg.track:
+        print(f"tracks (MOTChallenge text): {Path(cfg.out) / 'tracks'}")
     return 0

@@ -42,6 +42,9 @@ class PredictConfig:
     """ONNX Runtime intra-op threads (unset: torch's thread count)."""
     verbose: bool = False
     """Print every image's detections."""
+    track: bool = False
+    """Follow objects through each video (ByteTrack): every box gets its track's id, drawn on
+    the video and written to out/tracks/<video>.txt (MOTChallenge lines). Videos only."""
 
     def class_list(self) -> list[str] | None:
         """The classes to keep, or None for all (an empty setting)."""
