@@ -5,8 +5,8 @@ microcontroller-class boards (LiteRT, formerly TensorFlow Lite):
       -> backbone, FPN, head (export/raw.py's RawGraph, batch norms folded)
     outputs: cls_logits (1, M, K), box_deltas (1, M, 4), anchors (M, 4)
 
-litert-torch converts the torch module directly (no ONNX on the way); it takes one fixed
-shape, so the graph runs one image at a time. The letterbox before and the decoding and
+litert-torch converts the torch module directly (no ONNX on the way), in a child process
+(_convert_in_child); it takes one fixed shape, so the graph runs one image at a time. The letterbox before and the decoding and
 NMS after stay outside the graph, in preprocess.letterbox and postprocess.postprocess_raw
 (backends.LiteRtBackend), as for the raw ONNX export. The metadata of every export (class
 names, input size, thresholds) and the decode's level_counts and box_coder travel in the
@@ -15,7 +15,11 @@ flatbuffer's own metadata list, as JSON under the name metadata.LITERT_SECTION.
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import subprocess
+import sys
+import tempfile
 from pathlib import Path
 
 import torch
@@ -23,7 +27,6 @@ from torch import nn
 
 from ..atomic import write_atomic
 from .metadata import LITERT_FORMAT, LITERT_IDENTIFIER, LITERT_SECTION
-from .quiet import quiet_logger
 from .raw import RawGraph, raw_metadata
 
 INSTALL_HINT = "LiteRT export needs litert-torch: pip install 'retinanet-mobilenet[litert]'"
@@ -35,22 +38,39 @@ def export_litert(model: nn.Module, path: str | Path, input_size: int | None = N
     size = input_size or model.cfg.input_size
     if size < 32 or size % 32:
         raise ValueError(f"input size must be a positive multiple of 32, got {size}")
-    try:
-        import litert_torch
-    except ImportError as e:
-        raise RuntimeError(f"{INSTALL_HINT} ({e})") from None
+    if importlib.util.find_spec("litert_torch") is None:
+        raise RuntimeError(INSTALL_HINT)
     graph = RawGraph(model, size).eval()
-    shown = litert_torch.config.show_progress
-    litert_torch.config.show_progress = False  # its per-pass timing lines; our own line says what was written
-    try:
-        with torch.no_grad(), quiet_logger("litert_torch"):
-            flat = litert_torch.convert(graph, (torch.rand(1, 3, size, size),)).model_content()
-    finally:
-        litert_torch.config.show_progress = shown
+    flat = _convert_in_child(graph, size)
     flat = with_metadata(flat, raw_metadata(model, graph, LITERT_FORMAT, batch="1"))
     path.parent.mkdir(parents=True, exist_ok=True)
     write_atomic(path, flat)
     return path
+
+
+# litert-torch converts through JAX, whose threads make any later fork of the process unsafe
+# (DataLoader workers, subprocesses): the conversion runs in a child process of its own.
+_CHILD = """
+import sys, torch, litert_torch
+litert_torch.config.show_progress = False
+graph = torch.load(sys.argv[1], weights_only=False)  # the parent's own temporary file
+size = int(sys.argv[3])
+with torch.no_grad():
+    flat = litert_torch.convert(graph, (torch.rand(1, 3, size, size),)).model_content()
+open(sys.argv[2], "wb").write(flat)
+"""
+
+
+def _convert_in_child(graph: nn.Module, size: int) -> bytes:
+    """The flatbuffer of ``graph`` at a (1, 3, size, size) input, converted by litert-torch in a child process."""
+    with tempfile.TemporaryDirectory() as tmp:
+        module, out = Path(tmp) / "graph.pt", Path(tmp) / "graph.tflite"
+        torch.save(graph, module)
+        child = subprocess.run([sys.executable, "-c", _CHILD, str(module), str(out), str(size)], capture_output=True, text=True)
+        if child.returncode != 0 or not out.is_file():
+            lines = [line for line in child.stderr.strip().splitlines() if line.strip()] or [f"exit code {child.returncode}"]
+            raise RuntimeError(f"litert-torch could not convert the model: {lines[-1]}")
+        return out.read_bytes()
 
 
 def with_metadata(flatbuffer: bytes, meta: dict[str, str]) -> bytes:

@@ -135,8 +135,10 @@ async def _multipart(request: Any, body: bytes) -> tuple[bytes, str, str | None]
         yield body
         yield b""
 
+    parser = MultiPartParser(request.headers, replay())
+    parser.spool_max_size = len(body) + 1  # the parts stay in memory: nothing is written to disk
     try:
-        form = await MultiPartParser(request.headers, replay()).parse()
+        form = await parser.parse()
     except MultiPartException as e:
         raise UploadError(415, f"unreadable multipart form: {e}") from None
     upload = form.get("file")
