@@ -4,6 +4,8 @@ real photos, metadata in the flatbuffer, one-line refusals for files that are no
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import shutil
 
@@ -20,12 +22,20 @@ from test_export import CATEGORY_IDS, CLASS_NAMES, SIZE, real_images
 
 
 @pytest.fixture(scope="module")
-def tflite(exported, tmp_path_factory):
-    """The shared checkpoint exported through the CLI as LiteRT."""
+def exported_tflite(exported, coco128, tmp_path_factory):
+    """The shared checkpoint exported through the CLI as LiteRT, checked with --verify (one
+    conversion, about 30 s, for the whole module): the path and what the command printed."""
     ckpt, _ = exported
     out = tmp_path_factory.mktemp("litert") / "model.tflite"
-    assert main(["export", str(ckpt), "--format", "litert", "--out", str(out)]) == 0
-    return out
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        assert main(["export", str(ckpt), "--format", "litert", "--out", str(out), "--verify", str(coco128 / "train2017")]) == 0
+    return out, printed.getvalue()
+
+
+@pytest.fixture(scope="module")
+def tflite(exported_tflite):
+    return exported_tflite[0]
 
 
 def _square_eager(ckpt) -> Detector:
@@ -102,12 +112,9 @@ def test_export_refusals(exported, tmp_path, capsys):
     assert not list(tmp_path.iterdir())
 
 
-def test_verify_and_eval_take_the_tflite(exported, tflite, coco128, tmp_path, capsys):
-    ckpt, _ = exported
-    out = tmp_path / "v.tflite"
-    assert main(["export", str(ckpt), "--format", "litert", "--out", str(out), "--verify", str(coco128 / "train2017")]) == 0
-    line = [s for s in capsys.readouterr().out.splitlines() if s.startswith("v.tflite: eager vs LiteRT on 16 images")]
-    assert len(line) == 1 and "detections matched" in line[0]
+def test_verify_and_eval_take_the_tflite(exported_tflite, tflite, coco128, tmp_path):
+    line = [s for s in exported_tflite[1].splitlines() if s.startswith("model.tflite: eager vs LiteRT on 16 images")]
+    assert len(line) == 1 and "detections matched" in line[0]  # parity itself: test_litert_matches_eager_on_real_photos
     args = ["eval", "--model", str(tflite), "--data", str(coco128), "--split", "train2017", "--max-images", "6",
             "--conf", "0.01", "--no-plots", "--out", str(tmp_path / "eval")]  # fmt: skip
     assert main(args) == 0

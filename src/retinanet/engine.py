@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import signal
 import time
+from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -421,7 +422,7 @@ class Trainer:
         t = self.cfg.train
         last_metrics: dict[str, float] = {}
         rate = 0.0
-        with StopSignals() as self._stop, RunLoggers.open(self) as self.loggers:
+        with StopSignals() as self._stop, RunLoggers.open(self) as self.loggers, closing(self.loader):
             while self.epoch < t.epochs and not out_of_patience(self):
                 stats = self.train_one_epoch()
                 rate = stats["images_per_second"]

@@ -226,6 +226,17 @@ class DetectionLoader:
     def __len__(self) -> int:
         return len(self.loader)
 
+    def close(self) -> None:
+        """End the worker processes now (they persist between epochs). Workers ignore SIGTERM
+        (_init_worker), so ones left to the garbage collector at interpreter exit, where
+        multiprocessing ends daemonic children with SIGTERM and then waits for them, would
+        hang the exit."""
+        live = getattr(self.loader, "_iterator", None)  # torch keeps a persistent-workers iterator here
+        shutdown = getattr(live, "_shutdown_workers", None)
+        if shutdown is not None:
+            shutdown()
+        self.loader._iterator = None
+
 
 def _init_worker(worker_id: int) -> None:
     # One intra-op thread per worker: workers already run in parallel, and more threads
