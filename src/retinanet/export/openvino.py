@@ -24,10 +24,6 @@ NNCF's defaults alike), so the Adds stay in fp32 (NNCF's ignored_scope).
 
 from __future__ import annotations
 
-import importlib.util
-import json
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
@@ -96,11 +92,14 @@ def quantize_openvino(xml_path: str | Path, out_path: str | Path, calibration: s
     calibrated on ``calibration``: a folder, a glob or a list of image files)."""
     import openvino as ov
 
-    from .metadata import read_openvino_metadata
+    from ..data.images import read_image
+    from .metadata import parse_bool, read_openvino_metadata
     from .quantize import _calibration_files
 
-    if importlib.util.find_spec("nncf") is None:
-        raise RuntimeError("OpenVINO int8 needs NNCF: pip install 'retinanet-mobilenet[openvino]'")
+    try:
+        import nncf
+    except ImportError as e:
+        raise RuntimeError(f"OpenVINO int8 needs NNCF: pip install 'retinanet-mobilenet[openvino]' ({e})") from None
     xml_path, out_path = Path(xml_path), Path(out_path)
     try:
         model = ov.Core().read_model(str(xml_path))
@@ -112,36 +111,6 @@ def quantize_openvino(xml_path: str | Path, out_path: str | Path, calibration: s
     files = _calibration_files(calibration, num_images)
     if not files:
         raise ValueError(f"{calibration}: no calibration images found")
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    # NNCF runs in a child process: what it loads into the caller (its threads, torch's
-    # extension machinery) made a later fork of the test process crash.
-    with tempfile.TemporaryDirectory() as tmp:
-        listed = Path(tmp) / "calibration.json"
-        listed.write_text(json.dumps([str(f) for f in files]))
-        child = subprocess.run([sys.executable, "-c", _NNCF_CHILD, str(xml_path), str(out_path), str(listed)], capture_output=True, text=True)
-    if child.returncode != 0 or not out_path.is_file():
-        lines = [line for line in child.stderr.strip().splitlines() if line.strip()] or [f"exit code {child.returncode}"]
-        raise RuntimeError(f"{xml_path}: NNCF could not quantize the model: {lines[-1]}")
-    return out_path
-
-
-_NNCF_CHILD = """
-import json, sys
-from retinanet.export.openvino import _quantize_here
-_quantize_here(sys.argv[1], sys.argv[2], json.loads(open(sys.argv[3]).read()))
-"""
-
-
-def _quantize_here(xml_path: str, out_path: str, files: list[str]) -> None:
-    """quantize_openvino's work, in its child process: NNCF with the residual Adds in fp32."""
-    import nncf
-    import openvino as ov
-
-    from ..data.images import read_image
-    from .metadata import parse_bool, read_openvino_metadata
-
-    model = ov.Core().read_model(xml_path)
-    meta = read_openvino_metadata(xml_path, model)
     size, rect = int(meta["input_size"]), parse_bool(meta.get("rect", "false"))
     conf, iou = float(meta["score_thresh"]), float(meta["nms_iou"])
     feed = lambda f: openvino_inputs([read_image(f)], size, rect, conf, iou)  # noqa: E731
@@ -149,7 +118,9 @@ def _quantize_here(xml_path: str, out_path: str, files: list[str]) -> None:
     meta = {**meta, "precision": "int8", "calibration": f"{len(files)} images, NNCF min-max, Adds in fp32"}
     for key, value in meta.items():
         q.set_rt_info(value, [OPENVINO_SECTION, key])
-    ov.save_model(q, out_path, compress_to_fp16=False)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    ov.save_model(q, str(out_path), compress_to_fp16=False)
+    return out_path
 
 
 def _without_letterbox(model: onnx.ModelProto) -> onnx.ModelProto:
