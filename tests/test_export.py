@@ -104,6 +104,21 @@ def real_images(coco128: Path, raccoon: Path) -> list[Path]:
     return [coco128 / "train2017" / f for f in COCO_IMAGES] + [raccoon / "images" / f for f in RACCOON_IMAGES]
 
 
+def assert_fp32_parity(eager, exported, files: list[Path], scores_atol: float | None = None) -> None:
+    """An fp32 export reproduces at least 98% of eager's detections on ``files`` (same class,
+    IoU >= 0.9, matched boxes within 0.05 px of the photo), over more than 100 of them; with
+    ``scores_atol``, an image with as many detections has the same scores too."""
+    total = matched = 0
+    for a, b in zip(eager.predict(files), exported.predict(files)):
+        fraction, worst = match_detections(a, b)
+        total += len(a)
+        matched += fraction * len(a)
+        assert worst < 0.05, a.source
+        if scores_atol is not None and len(a) == len(b):
+            np.testing.assert_allclose(np.sort(a.scores), np.sort(b.scores), atol=scores_atol)
+    assert total > 100 and matched / total >= 0.98
+
+
 def _session(path: Path) -> ort.InferenceSession:
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = 2

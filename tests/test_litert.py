@@ -18,7 +18,7 @@ from retinanet.cli import main
 from retinanet.export import match_detections
 from retinanet.export.litert import with_metadata
 from retinanet.export.metadata import read_litert_metadata
-from test_export import CATEGORY_IDS, CLASS_NAMES, SIZE, real_images
+from test_export import CATEGORY_IDS, CLASS_NAMES, SIZE, assert_fp32_parity, real_images
 
 
 @pytest.fixture(scope="module")
@@ -48,14 +48,7 @@ def _square_eager(ckpt) -> Detector:
 def test_litert_matches_eager_on_real_photos(exported, tflite, coco128, raccoon):
     eager, lite = _square_eager(exported[0]), Detector(tflite, conf=0.01)
     assert lite.backend_name == "litert"
-    files = real_images(coco128, raccoon)
-    total = matched = 0
-    for a, b in zip(eager.predict(files), lite.predict(files)):
-        fraction, worst = match_detections(a, b)  # same class, IoU >= 0.9
-        total += len(a)
-        matched += fraction * len(a)
-        assert worst < 0.05, a.source  # pixels of the original photo
-    assert total > 100 and matched / total >= 0.98
+    assert_fp32_parity(eager, lite, real_images(coco128, raccoon))
 
 
 def test_thresholds_and_agnostic_nms_per_call(exported, tflite, coco128):

@@ -22,7 +22,7 @@ from retinanet.checkpoint import model_from_checkpoint
 from retinanet.cli import main
 from retinanet.export import match_detections, read_metadata, set_metadata
 from retinanet.export.openvino import export_openvino, quantize_openvino
-from test_export import CLASS_NAMES, CATEGORY_IDS, SIZE, build_test_model, real_images
+from test_export import CLASS_NAMES, CATEGORY_IDS, SIZE, assert_fp32_parity, build_test_model, real_images
 
 
 @pytest.fixture(scope="module")
@@ -43,16 +43,7 @@ def test_openvino_matches_eager_on_real_photos(exported, ir, coco128, raccoon):
     ckpt, _ = exported
     eager, vino = Detector(model_from_checkpoint(ckpt), conf=0.01), Detector(ir, conf=0.01)
     assert vino.backend_name == "openvino"
-    files = real_images(coco128, raccoon)
-    total = matched = 0
-    for a, b in zip(eager.predict(files), vino.predict(files)):
-        fraction, worst = match_detections(a, b)  # same class, IoU >= 0.9
-        total += len(a)
-        matched += fraction * len(a)
-        assert worst < 0.05, a.source  # pixels of the original photo
-        if len(a) == len(b):
-            np.testing.assert_allclose(np.sort(a.scores), np.sort(b.scores), atol=1e-4)
-    assert total > 100 and matched / total >= 0.98
+    assert_fp32_parity(eager, vino, real_images(coco128, raccoon), scores_atol=1e-4)
 
 
 def test_mixed_sizes_in_one_call_equal_single_calls(ir, coco128, raccoon):

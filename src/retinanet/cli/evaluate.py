@@ -10,7 +10,6 @@ from pathlib import Path
 from ..config.evaluation import EvalConfig
 from .flags import add_device, add_flag, run_dir
 
-EXPORTED = (".onnx", ".xml", ".tflite")  # run through api.Detector; anything else is read as a checkpoint
 RUNS = "runs/eval"  # each evaluation writes the next free RUNS/exp, exp2, ... unless --out names a folder
 
 
@@ -37,6 +36,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..api import EXPORT_SUFFIXES, Detector
     from ..checkpoint import model_from_checkpoint
     from ..data import load_dataset
     from ..evaluation import evaluate
@@ -53,9 +53,7 @@ def run(args: argparse.Namespace) -> int:
     # The data before the model: a problem with it fails at once.
     dataset = load_dataset(args.data, args.split, check="header", drop_bad=args.drop_bad)
     kwargs = dict(plots=not args.no_plots, max_images=args.max_images, verbose=args.verbose)
-    if Path(args.model).suffix.lower() in EXPORTED:  # what ships, run by its own runtime
-        from ..api import Detector
-
+    if Path(args.model).suffix.lower() in EXPORT_SUFFIXES:  # what ships, run by its own runtime
         detector = Detector(args.model, device=args.device, batch_size=args.batch)
         out = run_dir(args.out, RUNS)
         report = evaluate(detector, dataset, cfg, out_dir=out, **kwargs)

@@ -26,8 +26,6 @@ import dataclasses
 from pathlib import Path
 from typing import Any, Sequence
 
-import torch
-
 from ..config.evaluation import EvalConfig
 from ..data.dataset import DetectionDataset
 from ..postprocess import Detections
