@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -138,6 +140,28 @@ def test_int8_ir_quantizes_the_convs_and_keeps_the_scores(exported, ir, coco128,
     assert sum(gaps) / len(gaps) < 0.015 and max(gaps) < 0.035, gaps
     with pytest.raises(ValueError, match=r"only an fp32 IR is quantized"):
         quantize_openvino(q, tmp_path / "twice.xml", calibration, num_images=2)
+
+
+# Two OpenVINO models freed in the order they were loaded, then a child process ends while
+# a SIGCHLD handler is set (PyTorch's DataLoader sets one) and faulthandler's signal stack
+# is in place (pytest's is): with a Core per model, the process died of SIGSEGV here.
+_FREE_IN_LOAD_ORDER = """
+import faulthandler, gc, signal, subprocess, sys
+from retinanet.api import Detector
+faulthandler.enable()
+signal.signal(signal.SIGCHLD, lambda *args: None)
+first, second = Detector(sys.argv[1]), Detector(sys.argv[1])
+del first; gc.collect()
+del second; gc.collect()
+for _ in range(3):
+    assert subprocess.run([sys.executable, "-c", "pass"]).returncode == 0
+print("survived")
+"""
+
+
+def test_models_freed_in_load_order_leave_signals_safe(ir):
+    run = subprocess.run([sys.executable, "-c", _FREE_IN_LOAD_ORDER, str(ir)], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0 and run.stdout.strip() == "survived", (run.returncode, run.stderr[-2000:])
 
 
 def test_benchmark_times_openvino(capsys):

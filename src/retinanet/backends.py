@@ -164,15 +164,14 @@ class OpenVinoBackend:
     name = "openvino"
 
     def __init__(self, path: Path, threads: int | None, device: str = "auto"):
-        import openvino as ov
-
         from .devices import openvino_device
         from .export.metadata import parse_bool, read_openvino_metadata
+        from .export.openvino import openvino_core
 
         self.path = path
         if not path.with_suffix(".bin").is_file():
             raise FileNotFoundError(f"{path}: its weights file {path.with_suffix('.bin').name} is missing (an OpenVINO model is a .xml and a .bin)")
-        core = ov.Core()
+        core = openvino_core()  # one per process: see its docstring
         try:
             model = core.read_model(str(path))
         except Exception as e:

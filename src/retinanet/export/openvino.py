@@ -24,6 +24,7 @@ NNCF's defaults alike), so the Adds stay in fp32 (NNCF's ignored_scope).
 
 from __future__ import annotations
 
+import functools
 import tempfile
 from pathlib import Path
 
@@ -41,6 +42,23 @@ from .metadata import (
 )
 
 OPENVINO_INPUT_FORMAT = "float (N, 3, H, W) in [0, 1], letterboxed (resized to input_size, padded bottom/right)"
+
+
+@functools.cache
+def openvino_core():
+    """The process's one ``openvino.Core``, with its CPU plugin loaded first.
+
+    Each Core loads a CPU plugin of its own, and the plugin swaps the calling thread's
+    signal stack when it loads and puts back the one it replaced when it is freed. Two
+    Cores freed in the order they were made leave the thread on an unmapped stack, and the
+    next signal caught there (a child process ending under a SIGCHLD handler, as PyTorch's
+    DataLoader installs) kills the process. One Core that lives as long as the process,
+    loaded before any other (NNCF makes its own), keeps every later swap nested inside it."""
+    import openvino as ov
+
+    core = ov.Core()
+    core.get_property("CPU", "FULL_DEVICE_NAME")  # loads the CPU plugin now
+    return core
 
 
 def export_openvino(onnx_path: str | Path, xml_path: str | Path) -> Path:
@@ -61,7 +79,7 @@ def export_openvino(onnx_path: str | Path, xml_path: str | Path) -> Path:
         onnx.save(net, str(net_path))
         # Core.read_model (the runtime's ONNX reader), not openvino.convert_model: the same
         # graph, without the conversion tool's usage reporting.
-        model = ov.Core().read_model(str(net_path))
+        model = openvino_core().read_model(str(net_path))
     for key, value in {**meta, "format": OPENVINO_FORMAT, "input_format": OPENVINO_INPUT_FORMAT}.items():
         model.set_rt_info(value, [OPENVINO_SECTION, key])
     xml_path.parent.mkdir(parents=True, exist_ok=True)
@@ -102,7 +120,7 @@ def quantize_openvino(xml_path: str | Path, out_path: str | Path, calibration: s
         raise RuntimeError(f"OpenVINO int8 needs NNCF: pip install 'retinanet-mobilenet[openvino]' ({e})") from None
     xml_path, out_path = Path(xml_path), Path(out_path)
     try:
-        model = ov.Core().read_model(str(xml_path))
+        model = openvino_core().read_model(str(xml_path))
     except Exception as e:
         raise RuntimeError(f"{xml_path}: OpenVINO cannot read this model: {str(e).strip().splitlines()[0]}") from e
     meta = read_openvino_metadata(xml_path, model)  # one of ours, or a one-line error
