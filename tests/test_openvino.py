@@ -29,16 +29,18 @@ from test_export import CLASS_NAMES, CATEGORY_IDS, SIZE, assert_fp32_parity, bui
 
 @pytest.fixture(scope="module")
 def ir(exported, tmp_path_factory) -> Path:
-    """The shared checkpoint exported through the CLI as OpenVINO IR."""
+    """The shared export (rectangular, fp32) converted to OpenVINO IR."""
+    _, onnx_path = exported
+    return export_openvino(onnx_path, tmp_path_factory.mktemp("openvino") / "model.xml")
+
+
+def test_cli_writes_the_ir_beside_its_onnx(exported, tmp_path):
     ckpt, _ = exported
-    out = tmp_path_factory.mktemp("openvino") / "model.xml"
-    assert main(["export", str(ckpt), "--format", "openvino", "--out", str(out)]) == 0
-    return out
-
-
-def test_cli_writes_the_ir_beside_its_onnx(ir):
-    assert ir.is_file() and ir.with_suffix(".bin").is_file() and ir.with_suffix(".onnx").is_file()
-    assert read_metadata(ir.with_suffix(".onnx"))["format"].startswith("retinanet-mobilenet-onnx")
+    out = tmp_path / "model.xml"
+    assert main(["export", str(ckpt), "--format", "openvino", "--out", str(out), "--square"]) == 0  # square: a faster export
+    assert out.is_file() and out.with_suffix(".bin").is_file() and out.with_suffix(".onnx").is_file()
+    assert read_metadata(out.with_suffix(".onnx"))["format"].startswith("retinanet-mobilenet-onnx")
+    assert Detector(out).backend_name == "openvino"
 
 
 def test_openvino_matches_eager_on_real_photos(exported, ir, coco128, raccoon):

@@ -143,7 +143,7 @@ def test_best_pt_loads_for_predict_eval_and_export(raccoon_run, raccoon, tmp_pat
     assert (tmp_path / "eval" / "metrics.json").is_file()
 
     onnx_path = tmp_path / "best.onnx"
-    assert main(["export", str(best), "--out", str(onnx_path)]) == 0
+    assert main(["export", str(best), "--out", str(onnx_path), "--square"]) == 0  # the metadata is what matters here
     meta = read_metadata(onnx_path)
     assert float(meta["conf_threshold"]) == pytest.approx(threshold)
     assert "wrote" in capsys.readouterr().out
