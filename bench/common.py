@@ -1,4 +1,4 @@
-"""Shared by the benchmarks: medians and the machine line (timing lives in retinanet.benchmark)."""
+"""Shared by the benchmarks: medians, the machine line and the report file (timing lives in retinanet.benchmark)."""
 
 from __future__ import annotations
 
@@ -21,3 +21,10 @@ def machine() -> str:
     """The machine line of `retinanet benchmark`, plus the commit measured."""
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
     return f"{machine_line(torch.get_num_threads())}, commit {commit}"
+
+
+def write_report(name: str, text: str) -> None:
+    """Print a benchmark's report and keep it as bench/out/<name>.md."""
+    (ROOT / "bench" / "out").mkdir(parents=True, exist_ok=True)
+    (ROOT / "bench" / "out" / f"{name}.md").write_text(text + "\n")
+    print(text)

@@ -27,7 +27,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 
-from common import machine  # noqa: E402
+from common import machine, write_report  # noqa: E402
 
 from retinanet.api import Detector  # noqa: E402
 from retinanet.benchmark import benchmark, format_rows  # noqa: E402
@@ -125,9 +125,7 @@ def main() -> None:
     if args.checkpoint:
         out += ["## Accuracy", "", accuracy(args.checkpoint, args.threads)]
     text = "\n".join(out)
-    (ROOT / "bench" / "out").mkdir(parents=True, exist_ok=True)
-    (ROOT / "bench" / "out" / "formats.md").write_text(text + "\n")
-    print(text)
+    write_report("formats", text)
 
 
 if __name__ == "__main__":

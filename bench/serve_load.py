@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 sys.path.insert(0, str(ROOT / "tests"))
 
-from common import machine  # noqa: E402
+from common import machine, write_report  # noqa: E402
 from test_serve import running  # noqa: E402  the tests' server on a free loopback port
 
 from retinanet.api import Detector  # noqa: E402
@@ -90,9 +90,7 @@ def main() -> None:
         sizes = ", ".join(f"{k}: {v}" for k, v in sorted(r["batches"].items(), key=lambda kv: int(kv[0])))
         lines.append(f"| {r['clients']} | {r['requests']} | {r['ok']} | {r['refused']} | {r['rps']:.1f} | {r['p50']:.0f} | {r['p95']:.0f} | {r['passes']} | {sizes} |")
     text = "\n".join(lines)
-    (ROOT / "bench" / "out").mkdir(parents=True, exist_ok=True)
-    (ROOT / "bench" / "out" / "serve_load.md").write_text(text + "\n")
-    print(text)
+    write_report("serve_load", text)
 
 
 if __name__ == "__main__":
