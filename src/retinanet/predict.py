@@ -151,7 +151,11 @@ def check_config(cfg: PredictConfig) -> None:
 
 
 def predict(detector: Detector, sources: Sources, cfg: PredictConfig) -> PredictSummary:
-    """Run ``detector`` over every image and video of ``sources`` into ``cfg.out``."""
+    """Run ``detector`` over every image and video of ``sources`` into ``cfg.out``.
+
+    The detector's own settings apply (threshold, NMS, classes, device): cfg's conf, iou,
+    max_det, agnostic, classes, device and threads are for building it, as `retinanet
+    predict` does (``Detector(model, conf=cfg.conf, ...)``)."""
     check_config(cfg)
     if cfg.track and sources.images:
         raise ValueError(f"--track follows objects through a video's frames; {sources.images[0]} is an image (give videos, streams or webcams)")
