@@ -167,7 +167,7 @@ def test_models_freed_in_load_order_leave_signals_safe(ir):
 
 
 def test_benchmark_times_openvino(capsys):
-    args = ["benchmark", "--no-peer", "--runtimes", "eager", "openvino", "--imgsz", "64", "--repeats", "1", "--num-classes", "3"]
+    args = ["benchmark", "--no-peer", "--runtimes", "eager", "openvino", "--imgsz", "32", "--repeats", "1", "--num-classes", "3"]  # 32: a square graph, the fastest export
     assert main(args) == 0
     rows = [line.split("|") for line in capsys.readouterr().out.splitlines() if line.startswith("| openvino fp32")]
-    assert len(rows) == 1 and rows[0][2].strip() == "64" and float(rows[0][4]) > 0  # median ms
+    assert len(rows) == 1 and rows[0][2].strip() == "32" and float(rows[0][4]) > 0  # median ms
