@@ -20,6 +20,7 @@ import retinanet
 from retinanet.api import Detector
 from retinanet.config import RunConfig, preset
 from retinanet.data.dataset import DetectionDataset, Record
+from retinanet.data.files import header_size
 from retinanet.data.synthetic import cache_dir, load_synthetic
 from retinanet.engine import Trainer
 from retinanet.predict import Sources, predict
@@ -169,7 +170,7 @@ def _recipe_key() -> str:
 
 
 def _with_negatives(train: DetectionDataset, photos: list[Path]) -> DetectionDataset:
-    records = [Record(f, 1_000_000 + i, *Image.open(f).size) for i, f in enumerate(photos)]
+    records = [Record(f, 1_000_000 + i, *header_size(f)) for i, f in enumerate(photos)]  # as displayed, as the readers record it
     return DetectionDataset(train.records + records, train.class_names, train.category_ids, train.root, train.format)
 
 

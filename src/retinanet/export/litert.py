@@ -48,8 +48,9 @@ def export_litert(model: nn.Module, path: str | Path, input_size: int | None = N
     return path
 
 
-# litert-torch converts through JAX, whose threads make any later fork of the process unsafe
-# (DataLoader workers, subprocesses): the conversion runs in a child process of its own.
+# litert-torch converts through JAX, whose threads make any later os.fork of the process
+# unsafe (JAX itself warns of a likely deadlock; DataLoader workers fork): the conversion
+# runs in a child process of its own.
 _CHILD = """
 import sys, torch, litert_torch
 litert_torch.config.show_progress = False
