@@ -235,7 +235,15 @@ class LiteRtBackend:
             raise RuntimeError(f"{path}: the model does not take one {tuple(want)} image and give three outputs: not a `retinanet export --format litert` model")
         self.input_index = inputs[0]["index"]
         # cls_logits, box_deltas, anchors: in the order the converter numbers its outputs
-        self.output_indices = [o["index"] for o in sorted(outputs, key=lambda o: _output_number(o["name"]))]
+        self.outputs = sorted(outputs, key=lambda o: _output_number(o["name"]))
+
+    def _output(self, detail: dict) -> np.ndarray:
+        """An output as float: an int8 model's class and box outputs are integers with a scale and zero point."""
+        value = self.interpreter.get_tensor(detail["index"])
+        if value.dtype == np.float32:
+            return value
+        scale, zero = detail["quantization"]
+        return (value.astype(np.float32) - zero) * np.float32(scale)
 
     def run(self, images: list[Tensor], conf: float, iou: float, max_det: int, agnostic: bool) -> list[tuple[np.ndarray, ...]]:
         from .config.model import PostprocessConfig
@@ -249,7 +257,7 @@ class LiteRtBackend:
             try:
                 self.interpreter.set_tensor(self.input_index, x.numpy())
                 self.interpreter.invoke()
-                cls_logits, box_deltas, anchors = (self.interpreter.get_tensor(i) for i in self.output_indices)
+                cls_logits, box_deltas, anchors = (self._output(o) for o in self.outputs)
             except Exception as e:
                 raise RuntimeError(f"{self.path}: LiteRT failed on this model: {_first_line(e)}") from e
             det = postprocess_raw(cls_logits, box_deltas, anchors, self.meta, float(scales[0]), tuple(int(v) for v in sizes[0]), post)

@@ -9,8 +9,9 @@ latencies, as when one runtime serves a stream.
 
 Runtimes: eager PyTorch, TorchScript (traced, frozen network; letterbox and
 post-processing as in eager), torch.compile (with --compile: it takes minutes to build),
-ONNX Runtime fp32 and int8 (exported and quantized on the fly), OpenVINO fp32 (with
---runtimes ... openvino: the same ONNX graph as IR). Runs are interleaved
+ONNX Runtime fp32 and int8 (exported and quantized on the fly), and with --runtimes also
+OpenVINO fp32 / int8 (the same ONNX graph as IR, int8 by NNCF) and LiteRT fp32 / int8 (the
+network alone at the square; letterbox and decode outside it). Runs are interleaved
 round-robin, so a burst of load from other processes hits every runtime alike; the
 medians and the ratios to the peer are what to read on a shared machine.
 """
@@ -145,15 +146,12 @@ def build_runners(model, size: int, runtimes: tuple[str, ...], workdir: Path, ca
         runners["torchscript"] = traced_runner(fused, size)
     if "compile" in runtimes:
         runners["compile"] = compiled_runner(model, size)
-    if "litert" in runtimes:  # the network alone at the full square; letterbox and decode in numpy/torch
-        from .export.litert import export_litert
-
-        dlt = Detector(export_litert(fused, workdir / f"model{size}.tflite", size), threads=threads, conf=TIMING_CONF)
-        runners["litert fp32"] = lambda imgs: dlt.predict_tensors(imgs)
+    if {"int8", "openvino-int8", "litert-int8"} & set(runtimes):
+        calibration = calibration or [_saved(image, workdir / "calibration.png")]
+    if {"litert", "litert-int8"} & set(runtimes):  # the network alone at the full square; letterbox and decode in numpy/torch
+        runners.update(_litert_runners(fused, size, runtimes, workdir, calibration, threads))
     if {"onnx", "int8", "openvino", "openvino-int8"} & set(runtimes):
         fp32 = export_onnx(model, workdir / f"model{size}.onnx", ExportConfig(input_size=size))
-        if "int8" in runtimes or "openvino-int8" in runtimes:
-            calibration = calibration or [_saved(image, workdir / "calibration.png")]
         if "openvino" in runtimes or "openvino-int8" in runtimes:
             runners.update(_openvino_runners(fp32, runtimes, calibration, threads))
         if "onnx" in runtimes:
@@ -163,6 +161,20 @@ def build_runners(model, size: int, runtimes: tuple[str, ...], workdir: Path, ca
             q = quantize_int8(fp32, workdir / f"model{size}.int8.onnx", calibration, QuantizeConfig(num_images=min(100, len(calibration))))
             d8 = Detector(q, threads=threads, conf=TIMING_CONF)
             runners["onnx int8"] = lambda imgs: d8.predict_tensors(imgs)
+    return runners
+
+
+def _litert_runners(fused, size: int, runtimes: tuple[str, ...], workdir: Path, calibration: list[Path] | None, threads: int) -> dict[str, Callable]:
+    """LiteRT fp32 and int8 (calibrated on ``calibration``) runners of the network at the ``size`` square."""
+    from .api import Detector
+    from .export.litert import export_litert
+
+    runners: dict[str, Callable] = {}
+    for name, precision in (("litert", "fp32"), ("litert-int8", "int8")):
+        if name in runtimes:
+            calib = calibration if precision == "int8" else None
+            path = export_litert(fused, workdir / f"model{size}.{precision}.tflite", size, calib, num_images=100)
+            runners[f"litert {precision}"] = Detector(path, threads=threads, conf=TIMING_CONF).predict_tensors
     return runners
 
 

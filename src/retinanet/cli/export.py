@@ -1,6 +1,6 @@
 """`retinanet export`: a checkpoint -> one ONNX graph (NMS inside), optionally also an
 int8 copy; with --format openvino each also as OpenVINO IR; with --format litert the
-network alone as a LiteRT flatbuffer; optionally checked against eager PyTorch on a few images."""
+network alone as a LiteRT flatbuffer (fp32, and int8 with --int8); optionally checked against eager PyTorch on a few images."""
 
 from __future__ import annotations
 
@@ -48,7 +48,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--no-fold-bn", action="store_true", help="keep every batch norm (and the input scaling) as separate ops")
     p.add_argument("--opset", type=int, default=ExportConfig.opset, help=f"ONNX opset (default {OPSET})")
-    p.add_argument("--int8", action="store_true", help="also write a static int8 model (<out stem>.int8.onnx)")
+    p.add_argument("--int8", action="store_true", help="also write a static int8 model (<out stem>.int8.onnx, .int8.xml or .int8.tflite)")
     p.add_argument("--calibration", help="images for int8 calibration: folder or glob (required with --int8)")
     p.add_argument(
         "--calibration-images",
@@ -81,12 +81,11 @@ def run(args: argparse.Namespace) -> int:
     ckpt = Path(args.checkpoint)
     if args.int8 and not args.calibration:
         raise ValueError("--int8 needs --calibration IMAGES (a folder or glob of representative images)")
-    if args.int8 and args.format == "openvino" and (args.fp32_predictors or args.calibration_method != QuantizeConfig.method):
-        raise ValueError("--format openvino --int8 calibrates with NNCF's own min-max: --calibration-method and --fp32-predictors apply to ONNX only")
+    if args.int8 and args.format != "onnx" and (args.fp32_predictors or args.calibration_method != QuantizeConfig.method):
+        own = {"openvino": "NNCF's own min-max", "litert": "litert-torch's own histogram observers"}[args.format]
+        raise ValueError(f"--format {args.format} --int8 calibrates with {own}: --calibration-method and --fp32-predictors apply to ONNX only")
     if args.raw and (args.int8 or args.verify or args.format != "onnx"):
         raise ValueError("--raw writes the network alone as ONNX: it does not combine with --int8, --verify or --format openvino/litert")
-    if args.format == "litert" and args.int8:
-        raise ValueError("--int8 with --format litert is not supported: export the fp32 .tflite, or --format onnx --int8")
     if args.format == "litert" and args.rect:
         raise ValueError("--rect does not apply to --format litert: the .tflite takes one fixed --imgsz square")
     model = model_from_checkpoint(ckpt)
@@ -122,8 +121,13 @@ def _litert(model, ckpt: Path, args: argparse.Namespace) -> int:
 
     out = export_litert(model, Path(args.out) if args.out else ckpt.with_suffix(".tflite"), args.imgsz)
     print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB, LiteRT fp32, network only: letterbox and NMS run in the Detector)")
+    outputs = [out]
+    if args.int8:
+        q_out = export_litert(model, out.with_name(out.stem + ".int8.tflite"), args.imgsz, args.calibration, args.calibration_images)
+        print(f"wrote {q_out} ({q_out.stat().st_size / 1e6:.1f} MB, LiteRT int8)")
+        outputs.append(q_out)
     if args.verify:
-        _verify(model, [out], args.verify)
+        _verify(model, outputs, args.verify)
     return 0
 
 

@@ -11,7 +11,7 @@ OPSET = 18  # Resize's antialias attribute needs opset 18: the default and the m
 CALIBRATION_METHODS = {"minmax": "MinMax", "percentile": "Percentile", "entropy": "Entropy"}
 
 # Runtimes `retinanet benchmark` can time; "compile" (torch.compile) takes minutes to build.
-RUNTIMES = ("eager", "torchscript", "compile", "onnx", "int8", "openvino", "openvino-int8", "litert")
+RUNTIMES = ("eager", "torchscript", "compile", "onnx", "int8", "openvino", "openvino-int8", "litert", "litert-int8")
 DEFAULT_RUNTIMES = ("eager", "torchscript", "onnx", "int8")
 
 
