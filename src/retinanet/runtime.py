@@ -63,8 +63,8 @@ def resolve_device(name: str, d: Dist | None = None, setting: str = "device") ->
 
 
 def amp_dtype(mode: str, device: torch.device) -> torch.dtype | None:
-    """Autocast dtype, or None for full precision. 'auto' uses bf16 where the hardware has
-    it natively (CUDA with bf16, CPUs with AVX512-BF16/AMX), and full precision elsewhere."""
+    """Autocast dtype, or None for full precision. 'auto' uses bf16 on CUDA with bf16 (else
+    fp16) and full precision on a CPU."""
     if mode == "off":
         return None
     if mode == "fp16":

@@ -82,7 +82,7 @@ def run(args: argparse.Namespace) -> int:
     if args.int8 and not args.calibration:
         raise ValueError("--int8 needs --calibration IMAGES (a folder or glob of representative images)")
     if args.int8 and args.format != "onnx" and (args.fp32_predictors or args.calibration_method != QuantizeConfig.method):
-        own = {"openvino": "NNCF's own min-max", "litert": "litert-torch's own histogram observers"}[args.format]
+        own = {"openvino": "NNCF's own min-max", "litert": "PT2E min-max observers"}[args.format]
         raise ValueError(f"--format {args.format} --int8 calibrates with {own}: --calibration-method and --fp32-predictors apply to ONNX only")
     if args.raw and (args.int8 or args.verify or args.format != "onnx"):
         raise ValueError("--raw writes the network alone as ONNX: it does not combine with --int8, --verify or --format openvino/litert")
