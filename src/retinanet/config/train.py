@@ -87,7 +87,8 @@ class TrainConfig:
     ema_tau: float = 500.0
     """The EMA decay ramps up as decay * (1 - exp(-updates / tau)) so early epochs are usable."""
     amp: str = "auto"
-    """'auto' (bf16 on CUDA, fp16 on CUDA without bf16, off on a CPU), 'off', 'bf16' or 'fp16' (CUDA only)."""
+    """'auto' (bf16 on CUDA, fp16 on CUDA without bf16, off on a CPU), 'off', 'bf16' (also on a
+    CPU: faster where it has AVX512-BF16 or AMX) or 'fp16' (CUDA only)."""
     weights: str = ""
     """A trained detector (best.pt or last.pt) to fine-tune from: layers that fit are loaded,
     the class predictor restarts when the class count differs, its anchors are kept."""
