@@ -13,9 +13,10 @@ names, input size, thresholds) and the decode's level_counts and box_coder trave
 flatbuffer's own metadata list, as JSON under the name metadata.LITERT_SECTION.
 
 int8 (``calibration`` given): static post-training quantization through PyTorch's PT2E flow
-with litert-torch's quantizer (per-channel symmetric int8 weights; per-tensor int8 activations
-whose min-max ranges are observed on the calibration images, letterboxed to the square). The input stays float; the class and box outputs come out as int8 with their scale
-and zero point, which backends.LiteRtBackend dequantizes.
+with litert-torch's quantizer (per-channel symmetric int8 weights; per-tensor int8
+activations whose min-max ranges are observed on the calibration images, letterboxed to
+the square). The input stays float; the class and box outputs come out as int8 with their
+scale and zero point, which backends.LiteRtBackend dequantizes.
 """
 
 from __future__ import annotations
