@@ -25,8 +25,8 @@ from test_export import CATEGORY_IDS, CLASS_NAMES, SIZE, assert_fp32_parity, rea
 @pytest.fixture(scope="module")
 def exported_tflite(exported, coco128, tmp_path_factory):
     """The shared checkpoint exported through the CLI as LiteRT fp32 and int8 (calibrated on
-    16 coco128 photos, none of the compared ones), both checked with --verify (about a
-    minute for the whole module): the fp32 path and what the command printed."""
+    16 coco128 photos, none of the compared ones), both checked with --verify, once for the
+    whole module: the fp32 path and what the command printed."""
     ckpt, _ = exported
     tmp = tmp_path_factory.mktemp("litert")
     calibration = tmp / "calibration"
