@@ -77,9 +77,10 @@ def amp_dtype(mode: str, device: torch.device) -> torch.dtype | None:
         raise ValueError(f"train.amp must be auto, off, bf16 or fp16, not {mode!r}")
     if device.type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    # bf16 autocast made training steps 1.2x to 1.5x faster on a CPU with
-    # AVX512-BF16 and kept raccoon's validation AP (BENCHMARKS.md); it stays opt-in on a CPU
-    # until a full aquarium run confirms the accuracy. Without native bf16 it is emulated.
+    # bf16 autocast made training steps 1.2x to 1.5x faster on a CPU with AVX512-BF16 and
+    # kept raccoon's validation AP, but lost on aquarium at 640 px (validation AP 0.164
+    # against 0.181; BENCHMARKS.md), so it stays opt-in on a CPU. Without native bf16 it is
+    # emulated, and slower.
     return None
 
 
