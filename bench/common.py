@@ -7,6 +7,7 @@ import subprocess
 from pathlib import Path
 
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
 from retinanet.benchmark import machine_line
 
@@ -15,6 +16,13 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def median_ms(samples: list[float]) -> float:
     return statistics.median(samples) * 1000
+
+
+def flops(fn) -> float:
+    """GFLOP of one call of ``fn`` (torch.utils.flop_counter: 2 per multiply-add)."""
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        fn()
+    return counter.get_total_flops() / 1e9
 
 
 def machine() -> str:

@@ -15,19 +15,12 @@ from __future__ import annotations
 import argparse
 
 import torch
-from torch.utils.flop_counter import FlopCounterMode
 
-from common import machine, median_ms
+from common import flops, machine, median_ms
 from retinanet.benchmark import time_interleaved
 from retinanet.peer import build_peer
 from retinanet.config import PRESETS, preset
 from retinanet.model import build_model
-
-
-def flops(fn) -> float:
-    with FlopCounterMode(display=False) as counter, torch.no_grad():
-        fn()
-    return counter.get_total_flops() / 1e9
 
 
 def main() -> None:
