@@ -3,8 +3,8 @@ photo to boxes in ONNX Runtime, and training images per second.
 
 Ultralytics is AGPL and pulls opencv-python (which would shadow our
 opencv-python-headless), so it never enters .venv: this script builds its own
-environment for it (bench/out/yolo_venv: torch from this machine's disk, ultralytics,
-onnx, onnxslim) and runs bench/yolo_child.py there to build YOLO11n and YOLO26n from their
+environment for it (bench/out/yolo_venv: torch from this machine's disk, ultralytics
+8.4.190, onnx, onnxslim) and runs bench/yolo_child.py there to build YOLO11n and YOLO26n from their
 model yaml (random weights: nothing can be downloaded here, and speed does not depend on
 them), export them to ONNX (YOLO11n with its NMS inside, YOLO26n end to end) and train them.
 
@@ -58,7 +58,7 @@ def peer_python() -> Path:
     py = PEER_VENV / "bin" / "python"
     if not py.exists():
         subprocess.run([sys.executable, "-m", "venv", str(PEER_VENV)], check=True)
-    packages = ["torch==2.14.1", "torchvision==0.29.1", "ultralytics", "onnx", "onnxslim", f"onnxruntime=={ort.__version__}"]
+    packages = ["torch==2.14.1", "torchvision==0.29.1", "ultralytics==8.4.190", "onnx", "onnxslim", f"onnxruntime=={ort.__version__}"]
     subprocess.run([str(py), "-m", "pip", "install", "-q", "--disable-pip-version-check", *packages], check=True)
     return py
 
