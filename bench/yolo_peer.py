@@ -30,6 +30,7 @@ import argparse
 import csv
 import json
 import math
+import shutil
 import statistics
 import subprocess
 import sys
@@ -114,7 +115,7 @@ def speed(py: Path, sizes: list[int], repeats: int, threads: int) -> str:
     chw = load_inputs(image)[0][0]
     rows = []
     for size in sizes:
-        exported = {name: run_child(py, "export", name, str(OUT / f"onnx{size}"), str(size)) for name in PEERS}
+        exported = {name: run_child(py, "export", name, str(OUT / f"onnx{size}"), str(size), str(TIMING_CONF)) for name in PEERS}
         with tempfile.TemporaryDirectory() as tmp:
             model = build_model(preset("default", num_classes=80, input_size=size)).eval()
             ours_gflops = flops(lambda: model(torch.zeros(1, 3, size, size)))
@@ -153,6 +154,7 @@ def yolo_dataset() -> str:
 
 def ours_training(epochs: int, batch: int, size: int) -> dict:
     out = OUT / f"ours_train{size}"
+    shutil.rmtree(out, ignore_errors=True)  # a fresh run each time; retinanet train refuses to overwrite one
     cmd = [
         str(ROOT / ".venv" / "bin" / "retinanet"), "train", "--data", str(DATASETS / "coco128"), "--epochs", str(epochs),
         "--batch", str(batch), "--imgsz", str(size), "--workers", "0", "--no-final", "--no-progress", "--out", str(out),
@@ -164,11 +166,11 @@ def ours_training(epochs: int, batch: int, size: int) -> dict:
     return {"rates": rates, "command": " ".join(["retinanet", *cmd[1:]])}
 
 
-def training(py: Path, epochs: int, batch: int, size: int) -> str:
+def training(py: Path, epochs: int, batch: int, size: int, threads: int) -> str:
     data = yolo_dataset()
     ours = ours_training(epochs, batch, size)
     lines = [
-        f"coco128, 128 images, batch {batch}, {size} px, {epochs} epochs, no workers, validation off; images/s of epochs 2-{epochs} (epoch 1 in brackets)",
+        f"coco128, 128 images, batch {batch}, {size} px, {epochs} epochs, {threads} threads, no workers, validation off; images/s of epochs 2-{epochs} (epoch 1 in brackets)",
         "",
         "| model | images/s, epochs after the first | epoch 1 | ours / this |",
         "| --- | --- | --- | --- |",
@@ -176,7 +178,9 @@ def training(py: Path, epochs: int, batch: int, size: int) -> str:
     ours_rate = statistics.mean(ours["rates"][1:])
     lines.append(f"| ours, default preset and recipe | {ours_rate:.2f} | {ours['rates'][0]:.2f} | 1.00 |")
     for name in PEERS:
-        r = run_child(py, "train", name, str(OUT / "train"), str(size), data, str(epochs), str(batch))
+        r = run_child(py, "train", name, str(OUT / "train"), str(size), data, str(epochs), str(batch), str(threads))
+        if r["threads"] != threads:
+            raise SystemExit(f"{name} trained on {r['threads']} threads, not {threads}")
         rates = [r["images"] / s for s in r["epoch_seconds"]]
         steady = statistics.mean(rates[1:])
         lines.append(f"| {name} | {steady:.2f} | {rates[0]:.2f} | {ours_rate / steady:.2f} |")
@@ -203,7 +207,7 @@ def main() -> None:
     if not args.skip_speed:
         parts.append(speed(py, args.sizes, args.repeats, args.threads))
     if not args.skip_train:
-        parts.append(training(py, args.epochs, args.batch, args.train_size))
+        parts.append(training(py, args.epochs, args.batch, args.train_size, args.threads))
     write_report("yolo_peer", "\n\n".join(parts))
 
 

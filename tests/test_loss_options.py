@@ -49,6 +49,7 @@ def photos(raccoon):
     return DetectionDataset(records, train.class_names), images, batch, boxes, labels
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", list(OPTIONS))
 def test_each_option_overfits_a_few_real_photos_to_ap50_one(name, photos):
     dataset, images, batch, gt_boxes, gt_labels = photos
