@@ -55,8 +55,7 @@ def sigmoid_focal_loss(logits: Tensor, matches_label: Tensor, alpha: float = 0.2
     BACKGROUND for a negative one, IGNORE for one that takes no loss.
     Every entry is first scored as a negative, (1 - alpha) p^gamma (-log(1 - p)); the
     one positive entry of each foreground anchor is then swapped for
-    alpha (1 - p)^gamma (-log p). The full-size work is _NegativeTerm's, whose backward is
-    one multiplication.
+    alpha (1 - p)^gamma (-log p). The full-size work is four elementwise ops.
     """
     x = logits.float()
     total = _NegativeTerm.apply(x, (matches_label != IGNORE).to(x.dtype), gamma, 1 - alpha)
