@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import ast
 import collections
+import itertools
 import json
 import re
 import tempfile
@@ -145,7 +146,7 @@ def training(size: int, steps: int, batch: int) -> str:
     ema = AveragedModel(model, multi_avg_fn=ema_avg_fn(t.ema_decay, t.ema_tau), use_buffers=True)
     params = [p for p in model.parameters() if p.requires_grad]
     stages: dict[str, list[float]] = collections.defaultdict(list)
-    it = iter(loader)
+    it = (b for _ in itertools.count() for b in loader)  # epoch after epoch: --steps may exceed one
 
     def timed(name: str, fn):
         start = time.perf_counter()
@@ -155,7 +156,7 @@ def training(size: int, steps: int, batch: int) -> str:
 
     for step in range(steps + 2):
         b = timed("data", lambda: next(it))
-        timed("decode", lambda: [read_image(r.image_path) for r in (ds.records[i] for i in range(step * batch, (step + 1) * batch))])
+        timed("decode", lambda: [read_image(ds.records[i % len(ds)].image_path) for i in range(step * batch, (step + 1) * batch)])
         out = timed("forward", lambda: model(b.images))
         losses = timed("loss", lambda: model.loss(out, b.images.shape[-2:], b.boxes, b.labels))
         opt.zero_grad()
@@ -167,8 +168,8 @@ def training(size: int, steps: int, batch: int) -> str:
     med = {k: float(np.median(stages[k][2:])) * 1000 for k in order}  # the first two steps warm up
     step_ms = sum(v for k, v in med.items() if k != "decode")
     lines = [
-        f"training step, default preset, coco128, batch {batch}, {size} px, fp32, median of {steps} steps: "
-        f"{step_ms:.0f} ms ({batch / step_ms * 1000:.1f} images/s)",
+        f"training step, default preset, coco128, batch {batch}, {size} px, fp32: the stages' medians over {steps} steps "
+        f"add up to {step_ms:.0f} ms ({batch / step_ms * 1000:.1f} images/s)",
         "",
         "| stage | ms a step | share |",
         "| --- | --- | --- |",
