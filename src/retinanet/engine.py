@@ -178,11 +178,12 @@ class Trainer:
         return build_loader(
             self.train_data,
             cfg.model.input_size,
-            train=True,
-            batch_size=t.batch_size,
+            train=True, batch_size=t.batch_size,
             workers=resolve_workers(cfg.data.workers),
             seed=t.seed,
             augment=cfg.data.augment,
+            cache=cfg.data.cache,
+            progress=self.progress and self.dist.is_main,
             distributed=self.dist.enabled,
             drop_last=len(self.train_data) >= t.batch_size * self.dist.world_size,
         )

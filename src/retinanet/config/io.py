@@ -32,6 +32,7 @@ KEY_ALIASES = {
     "imgsz": "model.input_size",
     "device": "train.device",
     "workers": "data.workers",
+    "cache": "data.cache",
     "patience": "train.patience",
     "weights": "train.weights",
 }

@@ -53,6 +53,10 @@ class DataConfig:
     workers: int = -1
     """DataLoader worker processes (0 = load in the main process; -1 = auto: none on a machine
     with 2 cores or fewer, where workers only take cores from the network, else up to 4)."""
+    cache: str = "none"
+    """'ram': decode every training image once and keep it in memory, resized to what the
+    augmentation can use (refused with a warning above half the memory available);
+    'none': decode from the files every epoch."""
     drop_bad: bool = False
     """Drop unusable images/boxes with a report instead of stopping."""
     allow_outside_root: bool = False

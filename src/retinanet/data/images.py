@@ -19,8 +19,9 @@ Memory: an image above ``max_pixels()`` (90 megapixels unless the environment va
 RETINANET_MAX_PIXELS says otherwise) is refused from its header, before any pixel is
 decoded: a small PNG can declare 13000 x 13000 pixels and would take gigabytes. For
 inference (``min_side``) a JPEG above ``DRAFT_MIN_PIXELS`` is decoded at 1/2, 1/4 or 1/8
-of its size by libjpeg's DCT scaling, never below what the letterbox needs; the limit
-then applies to the pixels actually decoded.
+of its size by libjpeg's DCT scaling, never below what the letterbox needs (training
+drafts every JPEG at least twice what augmentation needs); the limit then applies to the
+pixels actually decoded.
 """
 
 from __future__ import annotations
@@ -189,13 +190,13 @@ def to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
-def draft_request(width: int, height: int, min_side: int) -> tuple[int, int] | None:
-    """The size to ask Image.draft for, or None to decode in full. Pillow picks the largest
-    DCT scale (1/2, 1/4, 1/8) that keeps both sides at least the request, so asking for the
-    image shrunk to a longer side of ``min_side`` never decodes below what the letterbox
-    needs."""
+def draft_request(width: int, height: int, min_side: int, min_pixels: int = DRAFT_MIN_PIXELS) -> tuple[int, int] | None:
+    """The size to ask Image.draft for, or None to decode in full (at most ``min_pixels``
+    pixels, or a longer side under twice ``min_side``). Pillow picks the largest DCT scale
+    (1/2, 1/4, 1/8) that keeps both sides at least the request, so asking for the image
+    shrunk to a longer side of ``min_side`` never decodes below what the letterbox needs."""
     longer = max(width, height)
-    if width * height <= DRAFT_MIN_PIXELS or longer < 2 * min_side:
+    if width * height <= min_pixels or longer < 2 * min_side:
         return None
     return max(1, -(-width * min_side // longer)), max(1, -(-height * min_side // longer))
 
@@ -261,14 +262,14 @@ def _load(img: Image.Image, path: Path | str, raw: Callable[[], bytes] | None = 
     return _missing_rows(path, raw() if raw else Path(path).read_bytes())
 
 
-def decode_image(path: str | Path, min_side: int | None = None) -> Decoded:
+def decode_image(path: str | Path, min_side: int | None = None, draft_min_pixels: int = DRAFT_MIN_PIXELS) -> Decoded:
     """The file decoded to RGB in displayed orientation, with its own size.
 
-    ``min_side`` (inference: the model's input size) lets a JPEG above DRAFT_MIN_PIXELS
+    ``min_side`` (inference: the model's input size) lets a JPEG above ``draft_min_pixels``
     decode at reduced size with its longer side still at least ``min_side``; boxes found
     on it must be scaled to ``size``, the file's frame."""
     path = Path(path)
-    return _decode(_open_checked(path), path, path.read_bytes, min_side)
+    return _decode(_open_checked(path), path, path.read_bytes, min_side, draft_min_pixels)
 
 
 def decode_image_bytes(data: bytes, name: str, min_side: int | None = None) -> Decoded:
@@ -281,12 +282,14 @@ def decode_image_bytes(data: bytes, name: str, min_side: int | None = None) -> D
     return _decode(img, name, lambda: data, min_side)
 
 
-def _decode(img: Image.Image, path: Path | str, raw: Callable[[], bytes], min_side: int | None) -> Decoded:
+def _decode(
+    img: Image.Image, path: Path | str, raw: Callable[[], bytes], min_side: int | None, draft_min_pixels: int = DRAFT_MIN_PIXELS
+) -> Decoded:
     """An opened image file decoded (drafted, repaired when truncated, rotated upright)."""
     keep = False
     try:
         w, h = img.size
-        request = draft_request(w, h, min_side) if min_side and img.format == "JPEG" else None
+        request = draft_request(w, h, min_side, draft_min_pixels) if min_side and img.format == "JPEG" else None
         if request:
             img.draft("RGB", request)
         check_pixels(path, *img.size)  # from the header, before decoding
@@ -344,10 +347,12 @@ def read_image(path: str | Path) -> torch.Tensor:
     return read_image_for(path)[0]
 
 
-def read_image_for(path: str | Path, min_side: int | None = None) -> tuple[torch.Tensor, tuple[int, int]]:
-    """read_image for inference: the tensor, possibly drafted (see decode_image), and the
-    file's (height, width) that boxes found on the tensor must be scaled to."""
-    return _as_tensor(decode_image(path, min_side))
+def read_image_for(
+    path: str | Path, min_side: int | None = None, draft_min_pixels: int = DRAFT_MIN_PIXELS
+) -> tuple[torch.Tensor, tuple[int, int]]:
+    """read_image for inference and training: the tensor, possibly drafted (see
+    decode_image), and the file's (height, width) that boxes on the tensor are scaled to."""
+    return _as_tensor(decode_image(path, min_side, draft_min_pixels))
 
 
 def read_bytes_for(data: bytes, name: str, min_side: int | None = None) -> tuple[torch.Tensor, tuple[int, int]]:

@@ -31,7 +31,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 from ..config import AugmentConfig
 from .labels import PAD_LABEL
 from .dataset import DetectionDataset
-from .images import read_image
+from .cache import ImageSource
 from .mosaic import mosaic, random_centre
 from .transforms import DetectionTransforms, Sample, make_sample, unpack
 
@@ -111,6 +111,8 @@ class AugmentedDataset(Dataset):
         train: bool,
         augment: AugmentConfig | None = None,
         seed: int = 0,
+        cache: str = "none",
+        progress: bool = False,
     ):
         if seed < 0:
             raise ValueError(f"seed must be >= 0, got {seed}")
@@ -120,23 +122,18 @@ class AugmentedDataset(Dataset):
         self.seed = seed
         self.epoch = 0
         self.transforms = DetectionTransforms(input_size, train, augment)
+        # Decoded no bigger than the transforms can use (JPEG draft mode), or kept in memory.
+        self.images = ImageSource(dataset, self.transforms.source_side, cache, progress)
 
     def __len__(self) -> int:
         return len(self.dataset)
 
     def load(self, index: int) -> Sample:
-        """Decode one record's image (uint8) and wrap it with its boxes."""
+        """One record's image (uint8, maybe reduced) wrapped with its boxes scaled to it."""
         r = self.dataset[index]
-        image = read_image(r.image_path)  # (3, H, W) uint8, channels-last view
-        h, w = image.shape[-2:]
-        if (h, w) != (r.height, r.width):
-            # Boxes are in the annotated frame; a different decoded size (often an EXIF
-            # rotation the annotation tool ignored) would put them on the wrong pixels.
-            raise ValueError(
-                f"{r.image_path}: image decodes to {w}x{h} (width x height, EXIF orientation applied) "
-                f"but its annotation says {r.width}x{r.height}; the boxes would not fit the image"
-            )
-        return make_sample(image, r.boxes, r.labels, r.ignore)
+        image, fx, fy = self.images.read(index)  # (3, H, W) uint8, channels-last view
+        boxes = r.boxes if (fx, fy) == (1.0, 1.0) else r.boxes * np.array([fx, fy, fx, fy], np.float32)
+        return make_sample(image, boxes, r.labels, r.ignore, scale=fx if r.width >= r.height else fy)
 
     def __getitem__(self, key: int | tuple[int, int]) -> tuple[Tensor, dict[str, Any]]:
         epoch, index = key if isinstance(key, tuple) else (self.epoch, key)
@@ -263,6 +260,8 @@ def build_loader(
     distributed: bool = False,
     drop_last: bool | None = None,
     pin_memory: bool | None = None,
+    cache: str = "none",
+    progress: bool = False,
 ) -> DetectionLoader:
     """Batches of ``dataset`` for training (shuffled, augmented) or evaluation (in order,
     letterboxed only).
@@ -274,6 +273,9 @@ def build_loader(
     drop_last: default True for training (no ragged last batch), False for evaluation;
       falls back to False when the (per-process) dataset is smaller than one batch.
     pin_memory: default True when CUDA is available.
+    cache: 'ram' decodes every image once, here, and keeps it in memory at the size the
+      augmentation can use (see cache.py); 'none' decodes from the files every epoch.
+    progress: a progress bar while the cache fills.
     """
     if len(dataset) == 0:
         raise ValueError("the dataset has no images")
@@ -283,7 +285,7 @@ def build_loader(
         raise ValueError(f"workers must be >= 0, got {workers}")
     if distributed and not (dist.is_available() and dist.is_initialized()):
         raise RuntimeError("distributed loading needs torch.distributed initialised (torchrun + init_process_group)")
-    torch_ds = AugmentedDataset(dataset, input_size, train, augment, seed)
+    torch_ds = AugmentedDataset(dataset, input_size, train, augment, seed, cache, progress)
     if distributed:
         base = DistributedSampler(torch_ds, shuffle=train, seed=seed)
     else:

@@ -24,6 +24,7 @@ the loader seeds per sample from (seed, epoch, index).
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -38,12 +39,20 @@ from .labels import CROWD_LABEL
 from ..preprocess import letterbox_size
 
 Sample = tuple[tv_tensors.Image, dict[str, Any]]
+IOU_CROP_MIN_SCALE = 0.3  # RandomIoUCrop's smallest crop side, relative to the image's (torchvision's default)
 
 
-def make_sample(image: Tensor, boxes: np.ndarray | Tensor, labels: np.ndarray | Tensor, ignore: np.ndarray | Tensor | None = None) -> Sample:
+def make_sample(
+    image: Tensor,
+    boxes: np.ndarray | Tensor,
+    labels: np.ndarray | Tensor,
+    ignore: np.ndarray | Tensor | None = None,
+    scale: float = 1.0,
+) -> Sample:
     """Wrap a (3, H, W) uint8 image and its (G, 4) xyxy pixel boxes as a v2 sample.
 
-    Boxes flagged in ``ignore`` get the label CROWD_LABEL.
+    Boxes flagged in ``ignore`` get the label CROWD_LABEL. ``scale``: image pixels per
+    original pixel (below 1 for an image decoded or cached reduced).
     """
     labels = torch.as_tensor(labels, dtype=torch.long).reshape(-1).clone()
     if ignore is not None:
@@ -54,7 +63,7 @@ def make_sample(image: Tensor, boxes: np.ndarray | Tensor, labels: np.ndarray | 
             torch.as_tensor(boxes, dtype=torch.float32).reshape(-1, 4), format="XYXY", canvas_size=(h, w)
         ),
         "labels": labels,
-        "scale": 1.0,
+        "scale": scale,
     }
     return tv_tensors.Image(image), target
 
@@ -171,7 +180,7 @@ class DetectionTransforms:
         finish: list[Any] = []
         if train:
             if cfg.iou_crop > 0:
-                prepare.append(v2.RandomApply([v2.RandomIoUCrop()], p=cfg.iou_crop))
+                prepare.append(v2.RandomApply([v2.RandomIoUCrop(min_scale=IOU_CROP_MIN_SCALE)], p=cfg.iou_crop))
             prepare.append(LetterboxResize(size, tuple(cfg.scale)))
             if cfg.hflip > 0:
                 prepare.append(v2.RandomHorizontalFlip(p=cfg.hflip))
@@ -186,6 +195,11 @@ class DetectionTransforms:
             v2.SanitizeBoundingBoxes(min_size=min_size, labels_getter=_labels),
             v2.ToDtype({tv_tensors.Image: torch.float32, "others": None}, scale=True),
         ]
+        # The longest side prepare can use from a source image: the resize's largest zoom,
+        # over the smallest side RandomIoUCrop keeps (torchvision's min_scale) when it is on.
+        zoom = max(cfg.scale) if train else 1.0
+        crop = IOU_CROP_MIN_SCALE if train and cfg.iou_crop > 0 else 1.0
+        self.source_side = math.ceil(size * zoom / crop)
         self.prepare = v2.Compose(prepare)
         self.place = CropOrPad(self.canvas, random=train)
         self.finish = v2.Compose(finish)
