@@ -286,19 +286,15 @@ def build_loader(
     if distributed and not (dist.is_available() and dist.is_initialized()):
         raise RuntimeError("distributed loading needs torch.distributed initialised (torchrun + init_process_group)")
     torch_ds = AugmentedDataset(dataset, input_size, train, augment, seed, cache, progress)
-    if distributed:
-        base = DistributedSampler(torch_ds, shuffle=train, seed=seed)
-    else:
-        base = DistributedSampler(torch_ds, num_replicas=1, rank=0, shuffle=train, seed=seed)
-    sampler = EpochSampler(base)
+    one = {} if distributed else {"num_replicas": 1, "rank": 0}  # not distributed: one replica
+    sampler = EpochSampler(DistributedSampler(torch_ds, shuffle=train, seed=seed, **one))
     if drop_last is None:
         drop_last = train and len(sampler) >= batch_size
     elif drop_last and len(sampler) < batch_size:
         raise ValueError(
             f"drop_last with {len(sampler)} images per process and batch size {batch_size} leaves no batch"
         )
-    if pin_memory is None:
-        pin_memory = torch.cuda.is_available()
+    pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
     loader = DataLoader(
         torch_ds,
         batch_size=batch_size,
