@@ -33,6 +33,8 @@ from retinanet.export import (
     QuantizeConfig,
     export_onnx,
     letterbox_graph,
+    best_anchor_candidates,
+    level_candidates,
     match_detections,
     network_nodes,
     quantize_int8,
@@ -319,6 +321,40 @@ def test_max_detections_and_size_options(coco128):
     assert graph.level_k == [1000, 6 * 6 * cell, 3 * 3 * cell, 2 * 2 * cell, cell] and graph.level_pad == [0] * 5
 
 
+@pytest.mark.parametrize("seed", range(3))
+def test_top_k_over_the_best_anchors_keeps_the_same_pairs(seed):
+    """best_anchor_candidates reads only the rows of the top-k anchors by best class score,
+    from the (N, A*K, H, W) map: the pairs, scores and order are those of the top-k over
+    every pair of the permuted map (distinct values)."""
+    g = torch.Generator().manual_seed(seed)
+    n, a, k, h, w, top = 2, 9, 80, 12, 20, 1000
+    cls_map = torch.randperm(n * a * k * h * w, generator=g).float().reshape(n, a * k, h, w) / 1e4 - 10  # no ties
+    cls_map[0, : 3 * k, :2] += 30  # one image whose best pairs crowd onto 120 anchors, many classes each
+    full = level_candidates(cls_map.permute(0, 2, 3, 1).reshape(n, -1), top, 0, k)
+    for x, y in zip(full, best_anchor_candidates(cls_map, top, a)):
+        assert torch.equal(x, y)
+
+
+def test_a_graph_taking_p3s_top_k_over_its_best_anchors_matches_eager(coco128):
+    """At 320 px P3 has at least 1000 anchors at every rectangular size (1440 at 32 x 320),
+    so its top-k looks only at the best anchors' rows; with no score threshold every level
+    is full and the top-k decides what NMS sees, as in eager post-processing."""
+    model = build_test_model()  # built for 128 px; its layers run at any size
+    post = model.cfg.postprocess
+    post.score_thresh = 0.0
+    graph = DetectionGraph(model, 320, post, rect=True).eval()
+    assert graph.level_narrow == [True, False, False, False, False]
+    img = read_image(coco128 / "train2017" / "000000000009.jpg")
+    batch, scales, sizes = letterbox([img], 320, RECT_STRIDE)
+    limits = torch.tensor([640.0, 480, 640, 480])
+    with torch.no_grad():
+        ref = model.postprocess(model(batch), tuple(batch.shape[2:]), scales, sizes)[0]
+        boxes, scores, labels, count = graph(batch, scales, limits, torch.zeros(1), torch.tensor([post.nms_iou]))
+    n = int(count[0])
+    assert n == len(ref) == post.max_detections
+    assert_same_detections(boxes[0, :n], scores[0, :n], labels[0, :n], ref)
+
+
 def test_small_levels_are_padded_in_rectangular_graphs(coco128):
     """A narrow image at 128 px runs at 128 x 32: P4..P6 have fewer (anchor, class) pairs
     than the static top-k of the square, so padding fills them and never comes out."""
@@ -331,6 +367,7 @@ def test_small_levels_are_padded_in_rectangular_graphs(coco128):
     assert 64 * cell >= 1000 > 16 * cell  # P4 needs padding at 128 x 32, P3 does not
     assert graph.level_k == [1000, 1000, 16 * cell, 4 * cell, cell]
     assert graph.level_pad == [0, 1000 - 16 * cell, 16 * cell - 4 * cell, 4 * cell - 2 * cell, 0]
+    assert graph.level_narrow == [False] * 5  # 576 P3 anchors at 128 x 32, fewer than the top-k
     img = read_image(coco128 / "train2017" / "000000000009.jpg")[:, :, :40]  # 480 x 40 -> 128 x 11 -> 128 x 32
     batch, scales, sizes = letterbox([img], SIZE, RECT_STRIDE)
     assert batch.shape[2:] == (SIZE, 32)

@@ -30,7 +30,7 @@ from typing import Any
 _PUBLIC = {
     "OPSET": "..config.export", "ExportConfig": "..config.export", "QuantizeConfig": "..config.export",
     "PAD_LABEL": "..data.labels",
-    "DetectionGraph": ".graph", "class_aware_nms": ".graph", "level_candidates": ".graph",
+    "DetectionGraph": ".graph", "class_aware_nms": ".graph", "level_candidates": ".graph", "best_anchor_candidates": ".graph",
     "letterbox_graph": ".letterbox",
     "EXPORT_FORMAT": ".metadata", "INPUT_NAME": ".metadata", "IOU_INPUT": ".metadata", "OUTPUT_NAMES": ".metadata",
     "SCORE_INPUT": ".metadata", "read_metadata": ".metadata", "set_metadata": ".metadata",

@@ -2,7 +2,8 @@
 
     x (N, 3, H, W) float in [0, 1] (made by the ONNX letterbox, letterbox.py)
       -> network (backbone, FPN, head; each level's batch norm folded into its own conv copy)
-      -> per-level top-k of class logits, sigmoid, box decoding of those candidates only
+      -> per-level top-k of class logits (on a level with many anchors, over the best
+         anchors' rows only: best_anchor_candidates), sigmoid, box decoding of those candidates only
          (their anchors computed from their indices: AnchorGenerator.anchors_at)
       -> class-aware NMS (ONNX NonMaxSuppression, one class with shifted boxes), best
          ``max_detections`` per image
@@ -53,6 +54,32 @@ def level_candidates(logits: Tensor, top_k: int, pad: int, row: int) -> tuple[Te
         scores, flat = torch.where(real, scores, -1.0), torch.where(real, flat, 0)
     i = index_div(flat, row)
     return scores, i, flat - i * row
+
+
+def best_anchor_candidates(cls_map: Tensor, top_k: int, anchors: int) -> tuple[Tensor, Tensor, Tensor]:
+    """level_candidates of a level with at least ``top_k`` anchors, read from its class map
+    (N, A * K, H, W) as the head makes it: the same pairs, up to the order of ties.
+
+    The best top_k pairs all lie on the top_k anchors whose best class scores highest (an
+    anchor outside them has top_k anchors above it, each with a pair above all of its
+    own). So a max over the classes ranks the anchors, and the final top-k runs over
+    those anchors' K scores only, gathered straight from the map: no transpose of the
+    map and no top-k over every pair (P3 at 320 x 256 px: 921,600 of them).
+    Anchor indices come out in the (y, x, anchor) order of AnchorGenerator.anchors_at.
+    """
+    n, k = cls_map.shape[0], cls_map.shape[1] // anchors
+    per_anchor = cls_map.reshape(n, anchors, k, -1)  # (N, A, K, HW)
+    hw = per_anchor.shape[3]
+    best = per_anchor.amax(dim=2).reshape(n, -1)  # (N, A * HW), index a * HW + p
+    a_p = best.topk(top_k, dim=1)[1]  # (N, top_k)
+    a = index_div(a_p, hw)
+    p = a_p - a * hw
+    classes = torch.arange(k, device=cls_map.device)
+    flat = ((a * k)[..., None] + classes) * hw + p[..., None]  # (N, top_k, K): where (a, class, p) sits in the map
+    rows = torch.gather(cls_map.reshape(n, -1), 1, flat.reshape(n, -1))  # (N, top_k * K)
+    top, pick = rows.topk(top_k, dim=1)  # sigmoid is monotonic
+    r = index_div(pick, k)
+    return torch.sigmoid(top), torch.gather(p * anchors + a, 1, r), pick - r * k
 
 
 def class_aware_nms(
@@ -119,6 +146,7 @@ class DetectionGraph(nn.Module):
         smallest = gen((RECT_STRIDE, input_size))[1] if rect else largest
         self.level_k = [min(post.topk, c * k) for c in largest]
         self.level_pad = [max(0, top - c * k) for top, c in zip(self.level_k, smallest)]
+        self.level_narrow = [c >= top for top, c in zip(self.level_k, smallest)]  # best_anchor_candidates applies
         # Output rows D: max_detections, unless fewer candidates exist at all (tiny inputs).
         self.rows = min(post.max_detections, sum(self.level_k))
         self.register_buffer("mean", model.mean.clone(), persistent=False)
@@ -142,9 +170,11 @@ class DetectionGraph(nn.Module):
         feats = self.fpn(self.backbone(x if self.std_folded else x / self.std))
         level_scores, level_labels, level_deltas, level_anchors = [], [], [], []
         for level, (f, (cls_map, box_map)) in enumerate(zip(feats, self.head.level_maps(feats))):
-            # (N, A*K, H, W) -> (N, H, W, A*K) -> (N, H*W*A*K): pair index anchor * K + class
-            logits = cls_map.permute(0, 2, 3, 1).reshape(n, -1)
-            scores, anchor, labels = level_candidates(logits, self.level_k[level], self.level_pad[level], self.num_classes)
+            if self.level_narrow[level]:
+                scores, anchor, labels = best_anchor_candidates(cls_map, self.level_k[level], self.anchor_generator.num_anchors)
+            else:  # (N, A*K, H, W) -> (N, H, W, A*K) -> (N, H*W*A*K): pair index anchor * K + class
+                logits = cls_map.permute(0, 2, 3, 1).reshape(n, -1)
+                scores, anchor, labels = level_candidates(logits, self.level_k[level], self.level_pad[level], self.num_classes)
             deltas = box_map.permute(0, 2, 3, 1).reshape(n, -1, 4)  # (N, A*4, H, W) -> (N, H*W*A, 4)
             level_deltas.append(torch.gather(deltas, 1, anchor[..., None].expand(-1, -1, 4)))  # (N, k_l, 4)
             level_anchors.append(self.anchor_generator.anchors_at(level, anchor, f.shape[3]))  # (N, k_l, 4)
