@@ -75,7 +75,9 @@ def run_child(py: Path, *args: str) -> dict:
 
 
 def peer_version(py: Path) -> str:
-    return subprocess.run([str(py), "-c", "import ultralytics; print(ultralytics.__version__)"], capture_output=True, text=True).stdout.strip()
+    # The package's metadata, not an import: a first import prints Ultralytics' settings banner.
+    code = "from importlib.metadata import version; print(version('ultralytics'))"
+    return subprocess.run([str(py), "-c", code], capture_output=True, text=True).stdout.strip()
 
 
 def yolo_runner(path: str, size: int, threads: int):
