@@ -323,15 +323,14 @@ def test_max_detections_and_size_options(coco128):
 
 @pytest.mark.parametrize("seed", range(3))
 def test_top_k_over_the_best_anchors_keeps_the_same_pairs(seed):
-    """best_anchor_candidates reads only the rows of the top-k anchors by best class score,
-    from the (N, A*K, H, W) map: the pairs, scores and order are those of the top-k over
-    every pair of the permuted map (distinct values)."""
+    """best_anchor_candidates reads only the rows of the top-k anchors by best class score:
+    the pairs, scores and order are those of the top-k over every pair (distinct values)."""
     g = torch.Generator().manual_seed(seed)
     n, a, k, h, w, top = 2, 9, 80, 12, 20, 1000
     cls_map = torch.randperm(n * a * k * h * w, generator=g).float().reshape(n, a * k, h, w) / 1e4 - 10  # no ties
     cls_map[0, : 3 * k, :2] += 30  # one image whose best pairs crowd onto 120 anchors, many classes each
-    full = level_candidates(cls_map.permute(0, 2, 3, 1).reshape(n, -1), top, 0, k)
-    for x, y in zip(full, best_anchor_candidates(cls_map, top, a)):
+    logits = cls_map.permute(0, 2, 3, 1).reshape(n, -1)  # as the graph reads the head's map
+    for x, y in zip(level_candidates(logits, top, 0, k), best_anchor_candidates(logits, top, k)):
         assert torch.equal(x, y)
 
 

@@ -56,30 +56,22 @@ def level_candidates(logits: Tensor, top_k: int, pad: int, row: int) -> tuple[Te
     return scores, i, flat - i * row
 
 
-def best_anchor_candidates(cls_map: Tensor, top_k: int, anchors: int) -> tuple[Tensor, Tensor, Tensor]:
-    """level_candidates of a level with at least ``top_k`` anchors, read from its class map
-    (N, A * K, H, W) as the head makes it: the same pairs, up to the order of ties.
+def best_anchor_candidates(logits: Tensor, top_k: int, row: int) -> tuple[Tensor, Tensor, Tensor]:
+    """level_candidates of a level with at least ``top_k`` anchors: the same pairs, up to
+    the order of ties, from logits (N, P) of pair index anchor * row + class.
 
     The best top_k pairs all lie on the top_k anchors whose best class scores highest (an
     anchor outside them has top_k anchors above it, each with a pair above all of its
-    own). So a max over the classes ranks the anchors, and the final top-k runs over
-    those anchors' K scores only, gathered straight from the map: no transpose of the
-    map and no top-k over every pair (P3 at 320 x 256 px: 921,600 of them).
-    Anchor indices come out in the (y, x, anchor) order of AnchorGenerator.anchors_at.
+    own). So a max over the classes ranks the anchors and the final top-k runs over those
+    anchors' ``row`` scores only, not over every pair (P3 at 320 x 256 px: 921,600).
     """
-    n, k = cls_map.shape[0], cls_map.shape[1] // anchors
-    per_anchor = cls_map.reshape(n, anchors, k, -1)  # (N, A, K, HW)
-    hw = per_anchor.shape[3]
-    best = per_anchor.amax(dim=2).reshape(n, -1)  # (N, A * HW), index a * HW + p
-    a_p = best.topk(top_k, dim=1)[1]  # (N, top_k)
-    a = index_div(a_p, hw)
-    p = a_p - a * hw
-    classes = torch.arange(k, device=cls_map.device)
-    flat = ((a * k)[..., None] + classes) * hw + p[..., None]  # (N, top_k, K): where (a, class, p) sits in the map
-    rows = torch.gather(cls_map.reshape(n, -1), 1, flat.reshape(n, -1))  # (N, top_k * K)
-    top, pick = rows.topk(top_k, dim=1)  # sigmoid is monotonic
-    r = index_div(pick, k)
-    return torch.sigmoid(top), torch.gather(p * anchors + a, 1, r), pick - r * k
+    n = logits.shape[0]
+    per_anchor = logits.reshape(n, -1, row)  # (N, A, K)
+    anchors = per_anchor.amax(dim=2).topk(top_k, dim=1)[1]  # (N, top_k)
+    rows = torch.gather(per_anchor, 1, anchors[..., None].expand(-1, -1, row))  # (N, top_k, K)
+    top, flat = rows.reshape(n, -1).topk(top_k, dim=1)  # sigmoid is monotonic
+    i = index_div(flat, row)
+    return torch.sigmoid(top), torch.gather(anchors, 1, i), flat - i * row
 
 
 def class_aware_nms(
@@ -170,10 +162,11 @@ class DetectionGraph(nn.Module):
         feats = self.fpn(self.backbone(x if self.std_folded else x / self.std))
         level_scores, level_labels, level_deltas, level_anchors = [], [], [], []
         for level, (f, (cls_map, box_map)) in enumerate(zip(feats, self.head.level_maps(feats))):
+            # (N, A*K, H, W) -> (N, H, W, A*K) -> (N, H*W*A*K): pair index anchor * K + class
+            logits = cls_map.permute(0, 2, 3, 1).reshape(n, -1)
             if self.level_narrow[level]:
-                scores, anchor, labels = best_anchor_candidates(cls_map, self.level_k[level], self.anchor_generator.num_anchors)
-            else:  # (N, A*K, H, W) -> (N, H, W, A*K) -> (N, H*W*A*K): pair index anchor * K + class
-                logits = cls_map.permute(0, 2, 3, 1).reshape(n, -1)
+                scores, anchor, labels = best_anchor_candidates(logits, self.level_k[level], self.num_classes)
+            else:
                 scores, anchor, labels = level_candidates(logits, self.level_k[level], self.level_pad[level], self.num_classes)
             deltas = box_map.permute(0, 2, 3, 1).reshape(n, -1, 4)  # (N, A*4, H, W) -> (N, H*W*A, 4)
             level_deltas.append(torch.gather(deltas, 1, anchor[..., None].expand(-1, -1, 4)))  # (N, k_l, 4)
