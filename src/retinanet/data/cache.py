@@ -64,8 +64,8 @@ def cached_size(height: int, width: int, side: int) -> tuple[int, int]:
 
 
 class ImageSource:
-    """Decoded training images, each at least ``side`` pixels on its longer side when the
-    file has that many (see the module docstring)."""
+    """Decoded training images: at least ``side`` pixels on the longer side when the file has
+    that many, and at most ``side`` from the cache (see the module docstring)."""
 
     def __init__(self, dataset: DetectionDataset, side: int, cache: str = "none", progress: bool = True):
         if cache not in CACHE_MODES:
@@ -73,7 +73,7 @@ class ImageSource:
         if side < 1:
             raise ValueError(f"the source side must be positive, got {side}")
         self.dataset, self.side = dataset, side
-        self._cache: dict[int, np.ndarray] | None = None
+        self._cache: list[np.ndarray] | None = None
         if cache == "ram":
             self._fill(progress)
 
@@ -95,24 +95,24 @@ class ImageSource:
                 stacklevel=3,
             )
             return
-        cache: dict[int, np.ndarray] = {}
+        cache: list[np.ndarray] = []
         bar = tqdm(total=len(self.dataset), desc=f"caching images ({need / 2**20:.0f} MiB)", unit="img", disable=not progress)
         # Pillow decodes and torch resizes without holding the GIL: two threads keep two cores busy.
         with bar, ThreadPoolExecutor(max(1, min(4, torch.get_num_threads()))) as pool:
-            for i, pixels in enumerate(pool.map(self._decode_small, range(len(self.dataset)))):
-                cache[i] = pixels
+            for pixels in pool.map(self._decode_small, range(len(self.dataset))):
+                cache.append(pixels)
                 bar.update()
         self._cache = cache
 
     def _decode_small(self, index: int) -> np.ndarray:
         """(H, W, 3) uint8 pixels of one image, longer side at most ``side``."""
-        image, _ = self._decode(index)
+        image = self._decode(index)
         h, w = cached_size(*image.shape[-2:], self.side)
         if (h, w) != tuple(image.shape[-2:]):
             image = F.resize(image, [h, w], antialias=True)
         return np.ascontiguousarray(image.permute(1, 2, 0).numpy())
 
-    def _decode(self, index: int) -> tuple[Tensor, tuple[int, int]]:
+    def _decode(self, index: int) -> Tensor:
         r = self.dataset[index]
         image, size = read_image_for(r.image_path, self.side, draft_min_pixels=0)
         if size != (r.height, r.width):
@@ -122,7 +122,7 @@ class ImageSource:
                 f"{r.image_path}: image decodes to {size[1]}x{size[0]} (width x height, EXIF orientation applied) "
                 f"but its annotation says {r.width}x{r.height}; the boxes would not fit the image"
             )
-        return image, size
+        return image
 
     def read(self, index: int) -> tuple[Tensor, float, float]:
         """(3, H, W) uint8 image (a channels-last view) and the factors (x, y) it is reduced
@@ -131,6 +131,6 @@ class ImageSource:
         if self._cache is not None:
             image = torch.from_numpy(self._cache[index]).permute(2, 0, 1)
         else:
-            image, _ = self._decode(index)
+            image = self._decode(index)
         h, w = image.shape[-2:]
         return image, w / r.width, h / r.height
