@@ -9,6 +9,9 @@ class and box predictors, and the graph's own code outside those modules (reshap
 head's maps, per-level top-k, anchors, decode, NMS). Nodes ONNX Runtime created itself
 (layout changes between its blocked format and NCHW) and any node whose origin cannot be
 found are reported on lines of their own. Only the timed calls count, not the warm-up.
+`--int8` profiles the int8 graph instead (`retinanet export --int8`'s QDQ model, calibrated on
+100 coco128 photos): its quantize / dequantize nodes count in the part of the tensor they
+convert.
 
 Training: batches of coco128 made by the training loader (decoding, augmentation and
 collation happen in the `data` stage, no workers: the auto setting on 2 cores), then the
@@ -16,7 +19,7 @@ steps of engine.Trainer: forward, loss, backward, gradient clipping, the optimiz
 and the EMA update. `decode` times reading as many of coco128's JPEGs as a batch holds,
 alone: the share of `data` that decoding takes.
 
-    .venv/bin/python bench/where_time_goes.py [--size 320] [--calls 100] [--steps 12]
+    .venv/bin/python bench/where_time_goes.py [--size 320] [--calls 100] [--steps 12] [--int8]
 """
 
 from __future__ import annotations
@@ -39,11 +42,11 @@ from torch.optim.swa_utils import AveragedModel
 
 from common import ROOT, machine, write_report
 from retinanet.benchmark import test_image
-from retinanet.config import AugmentConfig, ExportConfig, TrainConfig, preset
+from retinanet.config import AugmentConfig, ExportConfig, QuantizeConfig, TrainConfig, preset
 from retinanet.data import load_dataset
 from retinanet.data.images import read_image
 from retinanet.data.loader import build_loader
-from retinanet.export import export_onnx
+from retinanet.export import export_onnx, quantize_int8
 from retinanet.model import build_model
 from retinanet.optim import build_optimizer, ema_avg_fn
 
@@ -82,7 +85,7 @@ def part_of(profiled: str, parts: dict[str, str]) -> str:
     """The part of a node in ONNX Runtime's profile (its optimizers rename fused nodes:
     an output's name, '_nchwc' and similar suffixes)."""
     candidates = [profiled]
-    while (shorter := re.sub(r"_(nchwc|token_\d+|fused\w*)$", "", candidates[-1])) != candidates[-1]:
+    while (shorter := re.sub(r"_(nchwc|token_\d+|fused\w*|quant|QuantizeLinear|DequantizeLinear)$", "", candidates[-1])) != candidates[-1]:
         candidates.append(shorter)
     for candidate in candidates:
         for name in (candidate, f"node_{candidate}"):
@@ -91,12 +94,16 @@ def part_of(profiled: str, parts: dict[str, str]) -> str:
     return ORT_MADE if re.match(r"Reorder(Input|Output)", profiled) else UNKNOWN
 
 
-def inference(size: int, calls: int, threads: int) -> str:
+def inference(size: int, calls: int, threads: int, int8: bool) -> str:
     image, _ = test_image(str(PHOTO))
     model = build_model(preset("default", num_classes=80, input_size=size)).eval()
     with tempfile.TemporaryDirectory() as tmp:
         path = export_onnx(model, Path(tmp) / "model.onnx", ExportConfig(input_size=size))
         parts = node_parts(onnx.load(str(path)))
+        if int8:
+            calibration = sorted((DATASETS / "coco128" / "train2017").glob("*.jpg"))[:100]
+            path = quantize_int8(path, Path(tmp) / "model.int8.onnx", calibration, QuantizeConfig(num_images=100))
+            parts = {**node_parts(onnx.load(str(path))), **parts}
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = threads
         opts.log_severity_level = 3
@@ -115,6 +122,7 @@ def inference(size: int, calls: int, threads: int) -> str:
     first_timed = runs[WARMUP]
     totals: dict[str, float] = collections.Counter()
     unknown: dict[str, float] = collections.Counter()
+    rest: dict[str, float] = collections.Counter()
     for e in events:
         if e.get("cat") == "Node" and e["name"].endswith("_kernel_time") and e["ts"] >= first_timed:
             name = e["name"][: -len("_kernel_time")]
@@ -122,9 +130,11 @@ def inference(size: int, calls: int, threads: int) -> str:
             totals[part] += e["dur"]
             if part == UNKNOWN:
                 unknown[name] += e["dur"]
+            elif part == REST:
+                rest[name] += e["dur"]
     total = sum(totals.values())
     lines = [
-        f"ONNX Runtime fp32, default preset at {size}, {threads} threads: {wall:.1f} ms a call (profiling on), "
+        f"ONNX Runtime {'int8' if int8 else 'fp32'}, default preset at {size}, {threads} threads: {wall:.1f} ms a call (profiling on), "
         f"{total / calls / 1000:.1f} ms of it in kernels",
         "",
         "| part | ms a call | share of kernel time |",
@@ -132,6 +142,7 @@ def inference(size: int, calls: int, threads: int) -> str:
     ]
     for part, us in sorted(totals.items(), key=lambda kv: -kv[1]):
         lines.append(f"| {part} | {us / calls / 1000:.2f} | {us / total:.1%} |")
+    lines.append("\nlargest nodes outside the modules: " + ", ".join(f"{n} {us / calls / 1000:.2f} ms" for n, us in rest.most_common(8)))
     if unknown:
         lines.append("\nunattributed nodes, largest first: " + ", ".join(f"{n} {us / calls / 1000:.2f} ms" for n, us in unknown.most_common(5)))
     return "\n".join(lines)
@@ -187,10 +198,14 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=12)
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--int8", action="store_true", help="profile the int8 graph (and skip training)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    write_report("where_time_goes", "\n\n".join([f"machine: {machine()}", inference(args.size, args.calls, args.threads), training(args.size, args.steps, args.batch)]))
+    parts = [f"machine: {machine()}", inference(args.size, args.calls, args.threads, args.int8)]
+    if not args.int8:
+        parts.append(training(args.size, args.steps, args.batch))
+    write_report("where_time_goes_int8" if args.int8 else "where_time_goes", "\n\n".join(parts))
 
 
 if __name__ == "__main__":
