@@ -10,8 +10,9 @@ head's maps, per-level top-k, anchors, decode, NMS). Nodes ONNX Runtime created 
 (layout changes between its blocked format and NCHW) and any node whose origin cannot be
 found are reported on lines of their own. Only the timed calls count, not the warm-up.
 `--int8` profiles the int8 graph instead (`retinanet export --int8`'s QDQ model, calibrated on
-100 coco128 photos): its quantize / dequantize nodes count in the part of the tensor they
-convert.
+100 coco128 photos): the quantizer's QuantizeLinear / DequantizeLinear nodes count in the
+part of the tensor they convert; the dequantize nodes ONNX Runtime adds itself when it moves
+one past a transpose (`<tensor>_dq`) are listed as unattributed.
 
 Training: batches of coco128 made by the training loader (decoding, augmentation and
 collation happen in the `data` stage, no workers: the auto setting on 2 cores), then the
