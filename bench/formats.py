@@ -69,11 +69,11 @@ def _exports(model, calibration: list[Path], tmp: Path) -> dict[str, object]:
     return {
         "eager PyTorch": model,
         "ONNX Runtime fp32": fp32,
-        "ONNX Runtime int8": quantize_int8(fp32, tmp / "m.int8.onnx", calibration, QuantizeConfig(num_images=100)),
+        "ONNX Runtime int8": quantize_int8(fp32, tmp / "m.int8.onnx", calibration, QuantizeConfig()),
         "OpenVINO fp32": xml,
-        "OpenVINO int8": quantize_openvino(xml, tmp / "m.int8.xml", calibration, num_images=100),
+        "OpenVINO int8": quantize_openvino(xml, tmp / "m.int8.xml", calibration, num_images=QuantizeConfig.num_images),
         "LiteRT fp32": export_litert(model, tmp / "m.tflite"),
-        "LiteRT int8": export_litert(model, tmp / "m.int8.tflite", calibration=calibration, num_images=100),
+        "LiteRT int8": export_litert(model, tmp / "m.int8.tflite", calibration=calibration, num_images=QuantizeConfig.num_images),
     }
 
 

@@ -34,6 +34,7 @@ from retinanet.export import (
     export_onnx,
     letterbox_graph,
     best_anchor_candidates,
+    dequantize_late,
     level_candidates,
     match_detections,
     network_nodes,
@@ -41,6 +42,7 @@ from retinanet.export import (
     read_metadata,
     set_metadata,
 )
+from retinanet.export.quantize import SELECTING_OPS
 from retinanet.heads import fold_head_bn
 from retinanet.model import build_model
 from retinanet.preprocess import RECT_STRIDE, letterbox
@@ -417,10 +419,56 @@ def test_int8_quantizes_only_the_network(exported, coco128, tmp_path):
     nms = next(n for n in q.graph.node if n.op_type == "NonMaxSuppression")
     assert producers[nms.input[0]].op_type != "DequantizeLinear"
     assert read_metadata(q_path)["precision"] == "int8"
+    # After the network, values are dequantized after the ops that only select them (the
+    # network has none): P3's max over the classes and the level maps' transposes read uint8.
+    dq_out = {n.output[0] for n in q.graph.node if n.op_type == "DequantizeLinear"}
+    selecting = [n for n in q.graph.node if n.op_type in SELECTING_OPS]
+    assert any(n.op_type == "ReduceMax" for n in selecting) and sum(n.op_type == "Transpose" for n in selecting) >= 10
+    assert not [n.name for n in selecting if n.input[0] in dq_out]
     # It runs through the same API, with boxes inside the image.
     r = Detector(q_path, conf=0.0).predict(coco128 / "train2017" / "000000000009.jpg")
     assert len(r) == 100 and r.names[0] in CLASS_NAMES
     assert (r.boxes >= 0).all() and (r.boxes[:, [0, 2]] <= 640).all() and (r.boxes[:, [1, 3]] <= 480).all()
+
+
+def test_dequantize_late_keeps_every_value_bit_for_bit():
+    """A per-tensor DequantizeLinear moved past a transpose, a reshape, a max over one axis and
+    a gather: the outputs are the same bits, and the max and the gather read uint8."""
+    rng = np.random.default_rng(0)
+    q = rng.integers(0, 256, (2, 6, 4, 5), dtype=np.uint8)
+    idx = rng.integers(0, 20, (2, 7, 6)).astype(np.int64)
+    init = [
+        onnx.numpy_helper.from_array(np.array(0.0371, np.float32), "scale"),
+        onnx.numpy_helper.from_array(np.array(117, np.uint8), "zero"),
+        onnx.numpy_helper.from_array(np.array([2, 20, 6], np.int64), "shape"),
+        onnx.numpy_helper.from_array(np.array([2], np.int64), "axes"),
+    ]
+    nodes = [
+        onnx.helper.make_node("DequantizeLinear", ["q", "scale", "zero"], ["f"], name="dq"),
+        onnx.helper.make_node("Transpose", ["f"], ["t"], perm=[0, 2, 3, 1], name="transpose"),
+        onnx.helper.make_node("Reshape", ["t", "shape"], ["r"], name="reshape"),
+        onnx.helper.make_node("ReduceMax", ["r", "axes"], ["best"], keepdims=0, name="max"),
+        onnx.helper.make_node("GatherElements", ["r", "idx"], ["rows"], axis=1, name="gather"),
+    ]
+    graph = onnx.helper.make_graph(
+        nodes, "g",
+        [onnx.helper.make_tensor_value_info("q", onnx.TensorProto.UINT8, q.shape),
+         onnx.helper.make_tensor_value_info("idx", onnx.TensorProto.INT64, idx.shape)],
+        [onnx.helper.make_tensor_value_info("best", onnx.TensorProto.FLOAT, [2, 20]),
+         onnx.helper.make_tensor_value_info("rows", onnx.TensorProto.FLOAT, [2, 7, 6])],
+        init,
+    )
+    model = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 18)])
+    late = dequantize_late(copy.deepcopy(model))
+    onnx.checker.check_model(late)
+    types = {n.name: n.op_type for n in late.graph.node}
+    producers = {o: n.op_type for n in late.graph.node for o in n.output}
+    assert producers["best"] == producers["rows"] == "DequantizeLinear"
+    assert sum(t == "DequantizeLinear" for t in types.values()) == 2  # one per reader of the reshape
+    run = lambda m: ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"q": q, "idx": idx})
+    ref = ((q.astype(np.float32) - 117) * np.float32(0.0371)).transpose(0, 2, 3, 1).reshape(2, 20, 6)
+    for before, after, expected in zip(run(model), run(late), (ref.max(2), np.take_along_axis(ref, idx, 1))):
+        assert after.dtype == np.float32 and np.array_equal(before, after) and np.array_equal(after, expected)
 
 
 # ----------------------------------------------------------------------------- errors

@@ -36,7 +36,7 @@ _PUBLIC = {
     "SCORE_INPUT": ".metadata", "read_metadata": ".metadata", "set_metadata": ".metadata",
     "onnx_nms": ".ops",
     "WORKING_CONF": ".parity", "match_detections": ".parity", "parity_report": ".parity",
-    "network_nodes": ".quantize", "quantize_int8": ".quantize",
+    "network_nodes": ".quantize", "quantize_int8": ".quantize", "dequantize_late": ".quantize",
     "export_onnx": ".writer",
     "export_openvino": ".openvino",
 }  # fmt: skip

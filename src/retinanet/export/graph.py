@@ -88,9 +88,10 @@ def class_aware_nms(
     float32 loses the small boxes' IoU. Finite stand-ins rather than inf, because int8
     calibration takes every tensor's range.
     """
-    live, big = (scores > score_threshold)[..., None], torch.finfo(boxes.dtype).max  # (N, C, 1)
-    lo = torch.where(live, boxes, big).amin(dim=(1, 2), keepdim=True)  # (N, 1, 1)
-    hi = torch.where(live, boxes, -big).amax(dim=(1, 2), keepdim=True)
+    live, big = scores > score_threshold, torch.finfo(boxes.dtype).max  # (N, C)
+    # Each box's own extremes first: the masks then select (N, C) values, not (N, C, 4).
+    lo = torch.where(live, boxes.amin(2), big).amin(1)[:, None, None]  # (N, 1, 1)
+    hi = torch.where(live, boxes.amax(2), -big).amax(1)[:, None, None]
     extent = torch.where(hi >= lo, hi - lo, 0.0)  # 0 when nothing passes (NMS keeps nothing)
     shifted = boxes + labels[..., None].to(boxes.dtype) * (extent + 1)
     return onnx_nms(shifted, scores[:, None, :], max_out, iou_threshold, score_threshold)
