@@ -464,6 +464,8 @@ def test_dequantize_late_keeps_every_value_bit_for_bit():
     types = {n.name: n.op_type for n in late.graph.node}
     producers = {o: n.op_type for n in late.graph.node for o in n.output}
     assert producers["best"] == producers["rows"] == "DequantizeLinear"
+    assert [producers[n.input[0]] for n in late.graph.node if n.op_type in ("ReduceMax", "GatherElements")] == ["Reshape"] * 2
+    assert next(n for n in late.graph.node if n.op_type == "Transpose").input[0] == "q"  # uint8 from the start
     assert sum(t == "DequantizeLinear" for t in types.values()) == 2  # one per reader of the reshape
     run = lambda m: ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"q": q, "idx": idx})
     ref = ((q.astype(np.float32) - 117) * np.float32(0.0371)).transpose(0, 2, 3, 1).reshape(2, 20, 6)

@@ -31,6 +31,7 @@ from pathlib import Path
 import onnx
 from onnx.utils import Extractor
 
+from ..config.export import QuantizeConfig
 from .metadata import (
     IOU_INPUT,
     OPENVINO_FORMAT,
@@ -105,7 +106,7 @@ def openvino_inputs(images: list, size: int, rect: bool, conf: float, iou: float
     }
 
 
-def quantize_openvino(xml_path: str | Path, out_path: str | Path, calibration: str | Path | list[Path], num_images: int = 300) -> Path:
+def quantize_openvino(xml_path: str | Path, out_path: str | Path, calibration: str | Path | list[Path], num_images: int = QuantizeConfig.num_images) -> Path:
     """int8 IR of an fp32 IR from export_openvino (NNCF post-training quantization,
     calibrated on ``calibration``: a folder, a glob or a list of image files)."""
     import openvino as ov
