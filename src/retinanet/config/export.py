@@ -48,8 +48,8 @@ class QuantizeConfig:
 
     num_images: int = 300
     """Calibration images (an even spread over the calibration source; NNCF's default count
-    too). On an aquarium model 300 kept 0.7 to 1.2 points of AP50 more than 100, for ONNX
-    Runtime and OpenVINO alike (BENCHMARKS.md)."""
+    too). On an aquarium model 300 kept 0.7 to 1.2 points of AP50 more than 100 with ONNX
+    Runtime, 0.5 to 0.9 with OpenVINO (validation and test splits; BENCHMARKS.md)."""
     method: str = "minmax"
     """Activation range estimate: 'minmax', 'percentile' or 'entropy'."""
     per_channel: bool = True

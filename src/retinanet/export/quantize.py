@@ -164,8 +164,8 @@ def dequantize_late(model: onnx.ModelProto) -> onnx.ModelProto:
             not readers
             or dq.output[0] in outputs
             or any(sizes.get(name, 0) != 1 for name in dq.input[1:])  # per-axis or not a constant
-            or any(n.op_type not in SELECTING_OPS or n.name in network or list(n.input).count(dq.output[0]) != 1 for n in readers)
-            or any(n.input[0] != dq.output[0] for n in readers)  # the data input, not an index
+            or any(n.op_type not in SELECTING_OPS or n.name in network for n in readers)
+            or any(n.input[0] != dq.output[0] or dq.output[0] in n.input[1:] for n in readers)  # as data only, not an index
         ):
             continue
         for reader in readers:
