@@ -38,7 +38,7 @@ from .run_folder import RunFolder, next_run_dir
 from .run_state import FITNESS_KEY, inference_state, replan, resume_changes, restore, saved_config, training_state
 from .runtime import amp_dtype, resolve_device, resolve_workers, seed_everything, setup_distributed
 from .stop import StopSignals, TrainingInterrupted
-from .validation import final_best, out_of_patience, validate
+from .validation import final_best, out_of_patience, recalibrate_bn, trained_norms, validate
 
 
 # ----------------------------------------------------------------------------- the loop
@@ -51,10 +51,8 @@ class TrainResult:
     last_metrics: dict[str, float] = field(default_factory=dict)
     epochs: int = 0
     images_per_second: float = 0.0
-    stopped: str = ""
-    """Why the run stopped before its last epoch (train.patience), else empty."""
-    conf_threshold: float | None = None
-    """best.pt's confidence threshold with the best F1 on the validation split."""
+    stopped: str = ""  # why the run stopped before its last epoch (train.patience), else empty
+    conf_threshold: float | None = None  # best.pt's F1-best confidence threshold on the validation split
 
 
 class Trainer:
@@ -98,11 +96,8 @@ class Trainer:
         self.model = self._build_model(load_backbone_weights)
         self.start_lines = load_detector_weights(self.model, start, t.weights) if start else []
         self.optimizer = build_optimizer(self.model, t.optimizer, t.lr, t.momentum, t.weight_decay, setting="train.optimizer")
-        self.ema = (
-            AveragedModel(self.model, multi_avg_fn=ema_avg_fn(t.ema_decay, t.ema_tau), use_buffers=True)
-            if t.ema_decay > 0
-            else None
-        )
+        ema_fn = ema_avg_fn(t.ema_decay, t.ema_tau)
+        self.ema = AveragedModel(self.model, multi_avg_fn=ema_fn, use_buffers=True) if t.ema_decay > 0 else None
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp == torch.float16)
         self.loader = self._build_loader()
         self.steps_per_epoch = len(self.loader)
@@ -391,10 +386,13 @@ class Trainer:
         return EvalConfig(batch_size=self.cfg.train.batch_size, workers=resolve_workers(self.cfg.data.workers))
 
     def validate(self) -> dict[str, float]:
-        """Rank 0: the EMA weights' COCO metrics on the validation split; the F1-best
-        confidence threshold of the same detections goes to ``self.val_threshold``, the
-        whole validation (losses on the split, per-class AP) to ``self.validation``."""
-        if self.val_data is None or not self.dist.is_main:
+        """Rank 0: the EMA weights' batch norm recomputed (train.precise_bn), their COCO metrics on
+        the validation split; its F1-best confidence threshold goes to ``self.val_threshold``,
+        the whole validation (losses on the split, per-class AP) to ``self.validation``."""
+        if not self.dist.is_main:
+            return {}
+        recalibrate_bn(self.eval_model, self.train_data.records, self.cfg.train.precise_bn, self.eval_config, trained_norms(self.model))
+        if self.val_data is None:
             return {}
         self.validation = validate(self.eval_model, self.val_data, self.eval_config, self.progress)
         self.val_threshold = self.validation.threshold

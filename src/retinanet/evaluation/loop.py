@@ -20,7 +20,7 @@ from ..preprocess import letterbox
 from ..runtime import batches
 
 
-class _LetterboxedImages(torch.utils.data.Dataset):
+class LetterboxedImages(torch.utils.data.Dataset):
     """Decodes and letterboxes one record's image (in a DataLoader worker when workers > 0)."""
 
     def __init__(self, records: Sequence[Record], size: int):
@@ -80,7 +80,7 @@ def predict_dataset(
         raise ValueError(f"batch_size must be >= 1 and workers >= 0, got {cfg.batch_size} and {cfg.workers}")
     device = next(model.parameters()).device
     loader = torch.utils.data.DataLoader(
-        _LetterboxedImages(records, model.cfg.input_size),
+        LetterboxedImages(records, model.cfg.input_size),
         batch_size=cfg.batch_size,
         num_workers=cfg.workers,
         shuffle=False,
