@@ -1,12 +1,15 @@
 """Precise batch norm (train.precise_bn): before each validation the evaluated weights'
 batch-norm statistics become the exact mean over a fixed set of training images,
-letterboxed as validation sees them; weights, momenta and modes are left as they were,
-and batch norms that were not training (a frozen backbone's) keep their statistics."""
+letterboxed as validation sees them, each batch weighted by its image count; weights,
+momenta and modes are left as they were, batch norms that were not training (a frozen
+backbone's) keep their statistics, and a failure puts the old statistics back."""
 
 from __future__ import annotations
 
 import copy
+import dataclasses
 
+import pytest
 import torch
 from test_finetune import SMALL, raccoon_parts, tiny_cfg
 
@@ -66,17 +69,46 @@ def test_statistics_become_the_exact_statistics_of_the_images(raccoon):
     assert all(torch.equal(state[k], v) for k, v in weights.items() if "running" not in k and "num_batches" not in k)
 
 
-def test_several_batches_average_to_the_mean_over_all_images(raccoon):
-    train, _ = raccoon_parts(raccoon, n_train=4)
+def test_batches_are_weighted_by_their_image_count_and_none_holds_one_image(raccoon):
+    train, _ = raccoon_parts(raccoon, n_train=5)
     model = _small_model()
     name = "fpn.output.0.1"  # the first batch norm of the finest pyramid output
-    seen: list[torch.Tensor] = []
+    seen: list[tuple[int, torch.Tensor]] = []
     bn = dict(model.named_modules())[name]
-    hook = bn.register_forward_hook(lambda mod, inp, out: seen.append(inp[0].detach().mean((0, 2, 3))))
-    recalibrate_bn(model, train.records, 4, EvalConfig(batch_size=2), trained_norms(model.train()))
+    hook = bn.register_forward_hook(lambda mod, inp, out: seen.append((len(inp[0]), inp[0].detach().mean((0, 2, 3)))))
+    recalibrate_bn(model, train.records, 5, EvalConfig(batch_size=2), trained_norms(model.train()))
     hook.remove()
-    assert len(seen) == 2  # two batches of two images
-    assert torch.allclose(bn.running_mean, (seen[0] + seen[1]) / 2, atol=1e-5)
+    assert [n for n, _ in seen] == [2, 3]  # 2 + 2 + 1: the lone image joins the batch before it
+    assert torch.allclose(bn.running_mean, (2 * seen[0][1] + 3 * seen[1][1]) / 5, atol=1e-5)
+
+
+def test_an_unreadable_image_leaves_the_statistics_as_they_were(raccoon, tmp_path):
+    train, _ = raccoon_parts(raccoon, n_train=4)
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"not a jpeg")
+    records = [*train.records[:3], dataclasses.replace(train.records[3], image_path=broken)]
+    model = _small_model()
+    before = {n: (m.running_mean.clone(), m.running_var.clone()) for n, m in _norms(model).items()}
+    with pytest.raises(Exception, match="broken.jpg"):
+        recalibrate_bn(model, records, 4, EvalConfig(batch_size=2), trained_norms(model.train()))
+    for n, m in _norms(model).items():
+        assert torch.equal(m.running_mean, before[n][0]) and torch.equal(m.running_var, before[n][1]), n
+    assert model.training and all(m.momentum == 0.1 for m in _norms(model).values())
+
+
+def test_a_frozen_backbone_keeps_its_imagenet_statistics(raccoon, tmp_path):
+    train, val = raccoon_parts(raccoon, n_train=4, n_val=2)
+    cfg = tiny_cfg(tmp_path, "frozen", freeze_backbone_epochs=1, precise_bn=4)
+    cfg.model.backbone.freeze_bn, cfg.model.backbone.freeze_stages = False, 0
+    trainer = Trainer(cfg, progress=False, train_data=train, val_data=val)
+    start = {n: m.running_mean.clone() for n, m in _norms(trainer.model.backbone).items()}
+    assert start  # the backbone has batch norms of its own to keep
+    trainer.fit()
+    saved = model_from_checkpoint(tmp_path / "frozen" / "last.pt")
+    for n, m in _norms(saved.backbone).items():
+        assert torch.equal(m.running_mean, start[n]), n
+    head = _norms(saved.head)
+    assert any(not torch.allclose(m.running_mean, torch.zeros_like(m.running_mean)) for m in head.values())  # the head's were recomputed
 
 
 def test_a_training_run_saves_recalibrated_statistics_and_zero_turns_it_off(raccoon, tmp_path):

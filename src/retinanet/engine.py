@@ -84,8 +84,8 @@ class Trainer:
         self.dist = setup_distributed(t.device)
         self.device = resolve_device(t.device, self.dist, setting="train.device")
         self.amp = amp_dtype(t.amp, self.device)
-        if t.patience < 0:
-            raise ValueError(f"train.patience must be 0 (off) or a number of epochs, not {t.patience}")
+        if t.patience < 0 or t.precise_bn < 0:
+            raise ValueError(f"train.patience and train.precise_bn must be 0 (off) or more, not {t.patience} and {t.precise_bn}")
         check_loggers(t.loggers)  # a tracker that is not installed fails now, not after the data loads
         seed_everything(t.seed)
         start = start_weights(cfg, fresh=load_backbone_weights)  # a trained detector to start from
@@ -389,10 +389,9 @@ class Trainer:
         """Rank 0: the EMA weights' batch norm recomputed (train.precise_bn), their COCO metrics on
         the validation split; its F1-best confidence threshold goes to ``self.val_threshold``,
         the whole validation (losses on the split, per-class AP) to ``self.validation``."""
-        if not self.dist.is_main:
-            return {}
+        # Every rank, on the same images (so SyncBatchNorm's collectives match); the EMAs stay equal.
         recalibrate_bn(self.eval_model, self.train_data.records, self.cfg.train.precise_bn, self.eval_config, trained_norms(self.model))
-        if self.val_data is None:
+        if self.val_data is None or not self.dist.is_main:
             return {}
         self.validation = validate(self.eval_model, self.val_data, self.eval_config, self.progress)
         self.val_threshold = self.validation.threshold

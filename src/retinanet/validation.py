@@ -107,35 +107,50 @@ def trained_norms(model: torch.nn.Module) -> set[str]:
 
 def recalibrate_bn(model: torch.nn.Module, records: Sequence[Record], images: int, cfg: EvalConfig, names: set[str]) -> int:
     """Precise batch norm (Wu and Johnson 2021, "Rethinking 'Batch' in BatchNorm"): the running
-    statistics of ``model``'s batch norms named in ``names`` become their exact mean over
-    ``images`` training images, spread evenly over ``records`` and letterboxed as validation
-    sees them; no weight changes. Running averages lag weights that move fast: on aquarium
-    after two epochs they made the validation loss 15x what the same weights score with
-    recomputed statistics. Returns the number of images used."""
+    statistics of ``model``'s batch norms named in ``names`` become the mean of their batch
+    statistics over ``images`` training images (each batch weighted by its image count),
+    picked evenly across ``records`` and letterboxed as validation sees them; no weight
+    changes. Running averages lag weights that move fast: on aquarium after two epochs
+    they made the validation class loss 14.5 where the same weights score 0.93 with
+    recomputed statistics. On an error the statistics are put back. Returns the number of
+    images used (0: nothing to do)."""
     norms = [m for n, m in model.named_modules() if n in names and isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
-    if not norms or images <= 0 or not records:
+    k = min(images, len(records))
+    if not norms or k < 2:  # one image: a 1x1 level has a single value per channel
         return 0
-    picked = list(records)[:: max(1, len(records) // images)][:images]
-    dataset = LetterboxedImages(picked, model.cfg.input_size)
+    picked = [records[i * len(records) // k] for i in range(k)]
+    chunks = [list(range(i, min(i + cfg.batch_size, k))) for i in range(0, k, cfg.batch_size)]
+    if len(chunks) > 1 and len(chunks[-1]) == 1:  # no batch of one image (see above)
+        lone = chunks.pop()
+        chunks[-1] += lone
     # Its own generator: the loader's seed draw leaves the training's random state alone.
-    loader = torch.utils.data.DataLoader(dataset, batch_size=cfg.batch_size, num_workers=cfg.workers, generator=torch.Generator())
+    loader = torch.utils.data.DataLoader(
+        LetterboxedImages(picked, model.cfg.input_size), batch_sampler=chunks, num_workers=cfg.workers, generator=torch.Generator()
+    )
     device = next(model.parameters()).device
     was_training = model.training
-    momenta = [m.momentum for m in norms]
+    saved = [(m.momentum, m.running_mean.clone(), m.running_var.clone(), m.num_batches_tracked.clone()) for m in norms]
+    seen = 0
     model.eval()
     for m in norms:
-        m.reset_running_stats()
-        m.momentum = None  # a cumulative mean over the batches
         m.train()
+    done = False
     try:
         with torch.no_grad():
-            for images_, _, _ in batches(loader):
-                model(images_.to(device))
+            for batch, _, _ in batches(loader):
+                for m in norms:  # running = (seen * running + n * batch) / (seen + n); the first batch replaces
+                    m.momentum = len(batch) / (seen + len(batch))
+                model(batch.to(device))
+                seen += len(batch)
+        done = True
     finally:
-        for m, momentum in zip(norms, momenta):
+        for m, (momentum, mean, var, count) in zip(norms, saved):
             m.momentum = momentum
+            if not done:
+                for buffer, value in ((m.running_mean, mean), (m.running_var, var), (m.num_batches_tracked, count)):
+                    buffer.copy_(value)
         model.train(was_training)
-    return len(picked)
+    return k
 
 
 def _detections(
