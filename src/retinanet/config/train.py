@@ -90,7 +90,7 @@ class TrainConfig:
     """Decay of the weight EMA used for evaluation and the saved model (0 = no EMA)."""
     ema_tau: float = 500.0
     """The EMA decay ramps up as decay * (1 - exp(-updates / tau)) so early epochs are usable."""
-    precise_bn: int = 64
+    precise_bn: int = 32
     """Before each validation, the evaluated weights' batch-norm statistics are recomputed on
     this many training images, letterboxed as validation sees them (0 = keep the running
     averages, which lag fast-moving weights early in training)."""
