@@ -111,6 +111,9 @@ def test_fitted_anchors_travel_into_the_checkpoint_and_the_export(tmp_path, racc
     cfg.model.anchors.sizes = (2.0, 3.0, 4.0, 5.0, 6.0)  # far too small for raccoons
     cfg.data.workers, cfg.data.val_split = 0, "none"
     cfg.train.epochs, cfg.train.batch_size, cfg.train.out, cfg.train.name = 1, 4, str(tmp_path), "fit"
+    # The head is randomised below; with batch norm recomputed on the 8 images its scores
+    # saturate near 1 and near-ties reorder between eager and export. Anchors are the point here.
+    cfg.train.precise_bn = 0
     trainer = Trainer(cfg, progress=False, train_data=train)
     trainer.fit()
     trainer.close()
