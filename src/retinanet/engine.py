@@ -386,10 +386,10 @@ class Trainer:
         return EvalConfig(batch_size=self.cfg.train.batch_size, workers=resolve_workers(self.cfg.data.workers))
 
     def validate(self) -> dict[str, float]:
-        """Rank 0: the EMA weights' batch norm recomputed (train.precise_bn), their COCO metrics on
-        the validation split; its F1-best confidence threshold goes to ``self.val_threshold``,
+        """Every rank: the EMA weights' batch norm recomputed (train.precise_bn); rank 0: their COCO
+        metrics on the validation split, its F1-best confidence threshold to ``self.val_threshold``,
         the whole validation (losses on the split, per-class AP) to ``self.validation``."""
-        # Every rank, on the same images (so SyncBatchNorm's collectives match); the EMAs stay equal.
+        # The same images on every rank, so SyncBatchNorm's collectives match and the EMAs stay equal.
         recalibrate_bn(self.eval_model, self.train_data.records, self.cfg.train.precise_bn, self.eval_config, trained_norms(self.model))
         if self.val_data is None or not self.dist.is_main:
             return {}
