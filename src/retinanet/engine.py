@@ -84,8 +84,9 @@ class Trainer:
         self.dist = setup_distributed(t.device)
         self.device = resolve_device(t.device, self.dist, setting="train.device")
         self.amp = amp_dtype(t.amp, self.device)
-        if t.patience < 0 or t.precise_bn < 0:
-            raise ValueError(f"train.patience and train.precise_bn must be 0 (off) or more, not {t.patience} and {t.precise_bn}")
+        for key in ("patience", "precise_bn"):  # epochs, images
+            if getattr(t, key) < 0:
+                raise ValueError(f"train.{key} must be 0 (off) or more, not {getattr(t, key)}")
         check_loggers(t.loggers)  # a tracker that is not installed fails now, not after the data loads
         seed_everything(t.seed)
         start = start_weights(cfg, fresh=load_backbone_weights)  # a trained detector to start from
