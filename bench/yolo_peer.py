@@ -21,7 +21,12 @@ batch 8, no workers (the auto setting on 2 cores), each side with its default
 augmentation (ours: flips, scale jitter, colour; Ultralytics: mosaic and the rest),
 validation off. Images per second are those of the epochs after the first.
 
+With ``--variant key=value ...`` (model overrides, e.g. ``model.fpn.channels=64``) a second
+row of ours, the default preset with those overrides, is timed and trained beside the
+rest: a candidate cut measured against the peers in the same run.
+
     .venv/bin/python bench/yolo_peer.py [--repeats 30] [--sizes 320] [--epochs 3] [--skip-train] [--skip-speed]
+        [--variant key=value ...]
 """
 
 from __future__ import annotations
@@ -43,7 +48,8 @@ import torch
 
 from common import ROOT, flops, machine, write_report
 from retinanet.benchmark import TIMING_CONF, build_runners, test_image, time_interleaved
-from retinanet.config import preset
+from retinanet.config import RunConfig, preset
+from retinanet.config.io import apply_overrides
 from retinanet.model import build_model
 
 DATASETS = ROOT.parent / "shared" / "datasets"
@@ -51,6 +57,7 @@ PHOTO = DATASETS / "coco128" / "train2017" / "000000000009.jpg"
 OUT = ROOT / "bench" / "out" / "yolo_peer"
 PEER_VENV = ROOT / "bench" / "out" / "yolo_venv"
 PEERS = ("yolo11n", "yolo26n")
+OURS = "ours, default preset"
 STRIDE = 32  # Ultralytics pads its letterbox to a multiple of the largest stride
 
 
@@ -110,7 +117,17 @@ def yolo_runner(path: str, size: int, threads: int):
     return run
 
 
-def speed(py: Path, sizes: list[int], repeats: int, threads: int) -> str:
+def ours_models(size: int, variant: list[str]) -> dict:
+    """Row name -> our untrained model at ``size``: the default preset, and with ``variant``
+    the default preset under those model overrides."""
+    models = {OURS: preset("default", num_classes=80, input_size=size)}
+    if variant:
+        cfg = apply_overrides(RunConfig(model=preset("default", num_classes=80, input_size=size)), variant).model
+        models[f"ours, {' '.join(variant)}"] = cfg
+    return {name: build_model(cfg).eval() for name, cfg in models.items()}
+
+
+def speed(py: Path, sizes: list[int], repeats: int, threads: int, variant: list[str]) -> str:
     image, _ = test_image(str(PHOTO))
     from retinanet.api import load_inputs
 
@@ -118,19 +135,21 @@ def speed(py: Path, sizes: list[int], repeats: int, threads: int) -> str:
     rows = []
     for size in sizes:
         exported = {name: run_child(py, "export", name, str(OUT / f"onnx{size}"), str(size), str(TIMING_CONF)) for name in PEERS}
+        fns, gflops = {}, {name: info["gflops"] for name, info in exported.items()}
         with tempfile.TemporaryDirectory() as tmp:
-            model = build_model(preset("default", num_classes=80, input_size=size)).eval()
-            ours_gflops = flops(lambda: model(torch.zeros(1, 3, size, size)))
-            ours = build_runners(model, size, ("onnx",), Path(tmp), None, image, threads)["onnx fp32"]
-            fns = {"ours, default preset": lambda: ours([chw])}
+            for i, (name, model) in enumerate(ours_models(size, variant).items()):
+                gflops[name] = flops(lambda: model(torch.zeros(1, 3, size, size)))
+                folder = Path(tmp) / str(i)
+                folder.mkdir()
+                run = build_runners(model, size, ("onnx",), folder, None, image, threads)["onnx fp32"]
+                fns[name] = lambda run=run: run([chw])
             for name, info in exported.items():
                 run = yolo_runner(info["onnx"], size, threads)
                 fns[name] = lambda run=run: run(image)
             times = time_interleaved(fns, repeats, warmup=5)
         ms = {name: statistics.median(t) * 1000 for name, t in times.items()}
-        gflops = {"ours, default preset": ours_gflops, **{name: info["gflops"] for name, info in exported.items()}}
         for name, value in ms.items():
-            rows.append((size, name, gflops.get(name), value, value / ms["ours, default preset"]))
+            rows.append((size, name, gflops.get(name), value, value / ms[OURS]))
     lines = [
         "| input | model | GFLOP at the square (2 per multiply-add) | ONNX Runtime fp32 ms, photo to boxes | time / ours |",
         "| --- | --- | --- | --- | --- |",
@@ -154,13 +173,13 @@ def yolo_dataset() -> str:
     return str(spec)
 
 
-def ours_training(epochs: int, batch: int, size: int) -> dict:
-    out = OUT / f"ours_train{size}"
+def ours_training(epochs: int, batch: int, size: int, overrides: list[str], folder: str) -> dict:
+    out = OUT / folder
     shutil.rmtree(out, ignore_errors=True)  # a fresh run each time; retinanet train refuses to overwrite one
     cmd = [
         str(ROOT / ".venv" / "bin" / "retinanet"), "train", "--data", str(DATASETS / "coco128"), "--epochs", str(epochs),
         "--batch", str(batch), "--imgsz", str(size), "--workers", "0", "--no-final", "--no-progress", "--out", str(out),
-        "data.val_split=none", "train.loggers=[]",
+        "data.val_split=none", "train.loggers=[]", *overrides,
     ]
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
     with open(out / "results.csv") as f:
@@ -168,9 +187,9 @@ def ours_training(epochs: int, batch: int, size: int) -> dict:
     return {"rates": rates, "command": " ".join(["retinanet", *cmd[1:]])}
 
 
-def training(py: Path, epochs: int, batch: int, size: int, threads: int) -> str:
+def training(py: Path, epochs: int, batch: int, size: int, threads: int, variant: list[str]) -> str:
     data = yolo_dataset()
-    ours = ours_training(epochs, batch, size)
+    ours = ours_training(epochs, batch, size, [], f"ours_train{size}")
     lines = [
         f"coco128, 128 images, batch {batch}, {size} px, {epochs} epochs, {threads} threads, no workers, validation off; images/s of epochs 2-{epochs} (epoch 1 in brackets)",
         "",
@@ -179,6 +198,10 @@ def training(py: Path, epochs: int, batch: int, size: int, threads: int) -> str:
     ]
     ours_rate = statistics.mean(ours["rates"][1:])
     lines.append(f"| ours, default preset and recipe | {ours_rate:.2f} | {ours['rates'][0]:.2f} | 1.00 |")
+    if variant:
+        other = ours_training(epochs, batch, size, variant, f"ours_train{size}_variant")
+        rate = statistics.mean(other["rates"][1:])
+        lines.append(f"| ours, {' '.join(variant)} | {rate:.2f} | {other['rates'][0]:.2f} | {ours_rate / rate:.2f} |")
     for name in PEERS:
         r = run_child(py, "train", name, str(OUT / "train"), str(size), data, str(epochs), str(batch), str(threads))
         if r["threads"] != threads:
@@ -199,6 +222,7 @@ def main() -> None:
     ap.add_argument("--train-size", type=int, default=320)
     ap.add_argument("--skip-speed", action="store_true")
     ap.add_argument("--skip-train", action="store_true")
+    ap.add_argument("--variant", nargs="+", default=[], metavar="KEY=VALUE", help="model overrides timed and trained as a second row of ours")
     args = ap.parse_args()
     if args.epochs < 2:
         ap.error("--epochs must be at least 2 (the first epoch is not steady state)")
@@ -207,9 +231,9 @@ def main() -> None:
     py = peer_python()
     parts = [f"machine: {machine()}; ultralytics {peer_version(py)}, onnxruntime {ort.__version__}"]
     if not args.skip_speed:
-        parts.append(speed(py, args.sizes, args.repeats, args.threads))
+        parts.append(speed(py, args.sizes, args.repeats, args.threads, args.variant))
     if not args.skip_train:
-        parts.append(training(py, args.epochs, args.batch, args.train_size, args.threads))
+        parts.append(training(py, args.epochs, args.batch, args.train_size, args.threads, args.variant))
     write_report("yolo_peer", "\n\n".join(parts))
 
 
