@@ -1,5 +1,6 @@
 import math
 
+import pytest
 import torch
 from torchvision.ops import box_iou
 
@@ -12,7 +13,15 @@ def random_boxes(n: int, size: float = 100.0) -> torch.Tensor:
     return torch.cat([xy, xy + wh], dim=1)
 
 
-def test_batched_iou_equals_torchvision_per_image():
+@pytest.fixture(params=[None, 100, 1], ids=["one-slice", "slices", "one-anchor-slices"])
+def cpu_chunk(request, monkeypatch):
+    """The IoU's slice size: the default (these small matrices fit one slice), 100 elements
+    (7 of 50 anchors a slice against 2 x 7 boxes, the last slice short), or 1 (one anchor)."""
+    if request.param:
+        monkeypatch.setattr("retinanet.boxes.CPU_CHUNK", request.param)
+
+
+def test_batched_iou_equals_torchvision_per_image(cpu_chunk):
     a = torch.stack([random_boxes(7), random_boxes(7)])  # (N=2, G=7, 4)
     b = random_boxes(50)
     ours = batched_box_iou(a, b)
@@ -21,7 +30,16 @@ def test_batched_iou_equals_torchvision_per_image():
         torch.testing.assert_close(ours[i], box_iou(a[i], b))
 
 
-def test_ioa_hand_computed():
+def test_batched_iou_against_each_images_own_boxes(cpu_chunk):
+    a = torch.stack([random_boxes(7), random_boxes(7)])  # (N=2, G=7, 4)
+    b = torch.stack([random_boxes(50), random_boxes(50)])  # (N=2, M=50, 4)
+    ours = batched_box_iou(a, b)
+    assert ours.shape == (2, 7, 50)
+    for i in range(2):
+        torch.testing.assert_close(ours[i], box_iou(a[i], b[i]))
+
+
+def test_ioa_hand_computed(cpu_chunk):
     region = torch.tensor([[[0.0, 0.0, 10.0, 10.0]]])
     boxes = torch.tensor([[5.0, 5.0, 15.0, 15.0], [2.0, 2.0, 4.0, 4.0], [20.0, 20.0, 30.0, 30.0]])
     torch.testing.assert_close(batched_box_ioa(region, boxes), torch.tensor([[[0.25, 1.0, 0.0]]]))

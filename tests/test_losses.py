@@ -11,7 +11,15 @@ from retinanet.data.labels import CROWD_LABEL, PAD_LABEL
 from retinanet.matcher import BACKGROUND, IGNORE, Matcher
 
 
-def test_focal_loss_equals_torchvision():
+@pytest.fixture(params=[None, 55], ids=["one-slice", "slices"])
+def cpu_chunk(request, monkeypatch):
+    """The negative term's slice size: the default (these small tensors fit one slice), or
+    55 elements, 11 anchors of 5 classes: 120 anchors in 11 slices, the last one short."""
+    if request.param:
+        monkeypatch.setattr("retinanet.losses.CPU_CHUNK", request.param)
+
+
+def test_focal_loss_equals_torchvision(cpu_chunk):
     n, m, k = 3, 40, 5
     logits = torch.randn(n, m, k) * 3
     labels = torch.randint(0, k, (n, m))
@@ -27,6 +35,14 @@ def test_focal_loss_equals_torchvision():
         ours.backward()
         ref.backward()
         torch.testing.assert_close(x.grad, y.grad)
+
+
+def test_focal_loss_backward_twice_is_a_clear_error():
+    x = torch.randn(2, 6, 3, requires_grad=True)
+    loss = sigmoid_focal_loss(x, torch.tensor([[0, BACKGROUND, IGNORE, 2, BACKGROUND, 1]] * 2))
+    loss.backward(retain_graph=True)
+    with pytest.raises(RuntimeError, match="one backward pass"):
+        loss.backward()
 
 
 def _loss(box_loss="smooth_l1"):
@@ -113,7 +129,7 @@ def test_batch_without_any_box_slot():
 # --- quality focal loss (Li et al. 2020) and the loss options --------------------------------
 
 
-def test_quality_focal_loss_equals_one_hot_reference():
+def test_quality_focal_loss_equals_one_hot_reference(cpu_chunk):
     n, m, k = 3, 40, 5
     logits = torch.randn(n, m, k) * 3
     labels = torch.randint(0, k, (n, m))

@@ -50,27 +50,58 @@ class BoxCoder:
 
 
 def _intersection(a: Tensor, b: Tensor) -> Tensor:
-    """a (..., G, 4), b (M, 4) -> intersection areas (..., G, M)."""
-    lt = torch.maximum(a[..., :, None, :2], b[..., None, :, :2])
-    rb = torch.minimum(a[..., :, None, 2:], b[..., None, :, 2:])
-    wh = (rb - lt).clamp(min=0)
-    return wh[..., 0] * wh[..., 1]
+    """a (..., G, 4), b (M, 4) or (..., M, 4) -> intersection areas (..., G, M). One
+    coordinate at a time, so every elementwise step runs over M contiguous values
+    (vectorised), in place after the first."""
+    ax1, ay1, ax2, ay2 = (a[..., :, None, i] for i in range(4))
+    bx1, by1, bx2, by2 = (b[..., i].contiguous()[..., None, :] for i in range(4))
+    w = torch.minimum(ax2, bx2).sub_(torch.maximum(ax1, bx1)).clamp_(min=0)
+    h = torch.minimum(ay2, by2).sub_(torch.maximum(ay1, by1)).clamp_(min=0)
+    return w.mul_(h)
 
 
 def area(boxes: Tensor) -> Tensor:
     return (boxes[..., 2] - boxes[..., 0]).clamp(min=0) * (boxes[..., 3] - boxes[..., 1]).clamp(min=0)
 
 
+# Elements an elementwise chain over a large tensor handles at a time on a CPU (a megabyte
+# of float32 per intermediate): in slices this small its steps run in cache instead of
+# making a trip through memory each. Used for the (N, G, M) IoU matrix here (same values,
+# several times faster) and the focal loss's negative term (losses.py); BENCHMARKS.md.
+CPU_CHUNK = 1 << 18
+
+
+def _over_anchor_slices(fn, a: Tensor, b: Tensor) -> Tensor:
+    """fn(a (..., G, 4), b (..., m, 4)) -> (..., G, m), computed over slices of b's M boxes on a CPU."""
+    step = max(1, CPU_CHUNK // max(a.shape[:-1].numel(), 1))
+    m = b.shape[-2]
+    if a.device.type != "cpu" or step >= m:
+        return fn(a, b)
+    out = a.new_empty(torch.broadcast_shapes(a.shape[:-1], b.shape[:-2] + (1,)) + (m,))
+    for j in range(0, m, step):
+        out[..., j : j + step] = fn(a, b[..., j : j + step, :])
+    return out
+
+
+def _iou(a: Tensor, b: Tensor) -> Tensor:
+    inter = _intersection(a, b)
+    union = (area(a)[..., :, None] + area(b)[..., None, :]).sub_(inter).clamp_(min=1e-9)
+    return inter.div_(union)
+
+
+def _ioa(regions: Tensor, b: Tensor) -> Tensor:
+    return _intersection(regions, b).div_(area(b)[..., None, :].clamp(min=1e-9))
+
+
 def batched_box_iou(a: Tensor, b: Tensor) -> Tensor:
-    """IoU of every box of ``a`` (N, G, 4) with every box of ``b`` (M, 4) -> (N, G, M).
+    """IoU of every box of ``a`` (N, G, 4) with every box of ``b`` (M, 4) -> (N, G, M); with
+    ``b`` (N, M, 4), image n's boxes with its own M boxes.
 
     torchvision.ops.box_iou handles one image; this does the whole padded batch at once.
     """
-    inter = _intersection(a, b)
-    union = area(a)[..., :, None] + area(b)[..., None, :] - inter
-    return inter / union.clamp(min=1e-9)
+    return _over_anchor_slices(_iou, a, b)
 
 
 def batched_box_ioa(regions: Tensor, b: Tensor) -> Tensor:
     """Fraction of each box of ``b`` (M, 4) covered by each region (N, G, 4) -> (N, G, M)."""
-    return _intersection(regions, b) / area(b)[..., None, :].clamp(min=1e-9)
+    return _over_anchor_slices(_ioa, regions, b)
