@@ -54,6 +54,38 @@ def test_freeze_stages_and_bn():
     torch.testing.assert_close(b(x)[0], b.eval()(x)[0])  # frozen BN: same in train and eval
 
 
+@pytest.mark.parametrize("name", ["mobilenet_v2", "mobilenet_v3_large", "mobilenet_v1"])
+def test_image_by_image_stages_give_the_batched_features_and_gradients(name, monkeypatch):
+    """With batch norm folded, a CPU batch runs its high-resolution stages image by image:
+    the features and every gradient are those of the whole batch at once."""
+    torch.manual_seed(0)
+    with pytest.warns(UserWarning, match="freeze_bn=false"):
+        b = build_backbone(BackboneConfig(name=name, weights="none", freeze_stages=1, freeze_bn=True)).train()
+    x = torch.rand(3, 3, 96, 128)
+    assert b._image_by_image(x) and not b._image_by_image(x[:1])
+
+    def run(split: bool):
+        monkeypatch.setattr(type(b), "_image_by_image", lambda self, x: split)
+        b.zero_grad()
+        feats = b(x)
+        sum((f * torch.linspace(-1, 1, f.numel()).view_as(f)).sum() for f in feats).backward()
+        return [f.detach() for f in feats], {k: p.grad.clone() for k, p in b.named_parameters() if p.requires_grad}
+
+    (feats, grads), (ref_feats, ref_grads) = run(True), run(False)
+    for f, r in zip(feats, ref_feats):
+        torch.testing.assert_close(f, r, rtol=1e-5, atol=1e-5)
+    assert grads.keys() == ref_grads.keys() and grads
+    for k in grads:
+        torch.testing.assert_close(grads[k], ref_grads[k], rtol=1e-4, atol=1e-5, msg=k)
+
+
+def test_batch_norm_in_training_keeps_the_batch_whole():
+    b = build_backbone(BackboneConfig(weights="none", freeze_bn=False)).train()
+    x = torch.rand(2, 3, 64, 64)
+    assert not b._image_by_image(x)  # batch statistics would differ image by image
+    assert b.eval()._image_by_image(x)  # running statistics do not
+
+
 def test_offline_weights_installed_with_checked_hash():
     path = install_offline_weights()
     # Exactly where torchvision's own download would have put it.

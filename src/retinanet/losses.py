@@ -22,19 +22,23 @@ CLS_LOSSES = ("focal", "quality_focal")
 BOX_LOSSES = ("smooth_l1", "giou")
 
 
-class _NegativeTerm(torch.autograd.Function):
-    """sum over the kept anchors of scale * p^gamma * (-log(1 - p)), p = sigmoid(x), with its
-    gradient, scale * p^gamma * (gamma (1 - p) (-log(1 - p)) + p), computed in the same
-    pass and kept for the backward: the (N, M, K) logits are the largest tensor of a
+class _ClassLoss(torch.autograd.Function):
+    """Summed sigmoid class loss over every (anchor, class) entry of (N, M, K) logits
+    without a one-hot target. Every entry of a kept anchor is first scored as a negative,
+    scale * p^gamma * (-log(1 - p)) with p = sigmoid(x); the entries at ``fg_index`` (flat
+    indices, one per foreground anchor: its true class) are then swapped for
+    ``positive(x_fg)``, a (F,) loss. The gradient is computed in the same pass and kept for
+    the backward, which is one multiplication: the logits are the largest tensor of a
     training step, and autograd's backward through the elementwise chain cost as much again
-    as the forward. -log(1 - p) is -log(sigmoid(-x)), which equals softplus(x) to rounding
-    and is twice as fast on a CPU (log1p is not vectorised there). On a CPU the anchors are
-    taken in slices of about CPU_CHUNK elements, so the chain's eight steps work in cache
-    instead of making eight trips through memory (2.5x faster forward and backward on
-    (8, 19206, 80) logits; BENCHMARKS.md)."""
+    as the forward. The negative gradient is scale * p^gamma * (gamma (1 - p) (-log(1 - p))
+    + p); -log(1 - p) is -log(sigmoid(-x)), which equals softplus(x) to rounding and is twice
+    as fast on a CPU (log1p is not vectorised there). On a CPU the anchors are taken in
+    slices of about CPU_CHUNK elements, so the chain's eight steps work in cache instead of
+    making eight trips through memory (forward and backward on (8, 19206, 80) logits about
+    2.7x faster; BENCHMARKS.md)."""
 
     @staticmethod
-    def forward(ctx, x: Tensor, keep: Tensor, gamma: float, scale: float) -> Tensor:
+    def forward(ctx, x: Tensor, keep: Tensor, gamma: float, scale: float, fg_index: Tensor, positive) -> Tensor:
         k = x.shape[-1]
         rows, weights = x.reshape(-1, k), (keep * scale).reshape(-1, 1)  # keep: (N, M) 0/1
         step = max(1, CPU_CHUNK // k) if x.device.type == "cpu" else rows.shape[0]
@@ -49,6 +53,16 @@ class _NegativeTerm(torch.autograd.Function):
             parts.append((p_gamma * s).sum())
             if grad is not None:
                 torch.mul(s.mul_(q).mul_(gamma).add_(p), p_gamma, out=grad[i : i + step])
+        if fg_index.numel():  # foreground anchors are kept: their weight is scale
+            x_fg = rows.reshape(-1)[fg_index]
+            negative = torch.sigmoid(x_fg).pow(gamma) * torch.sigmoid(-x_fg).log().neg() * scale
+            with torch.enable_grad():
+                x_fg = x_fg.detach().requires_grad_(True)
+                pos = positive(x_fg)
+                (pos_grad,) = torch.autograd.grad(pos.sum(), x_fg)
+            parts += [-negative.sum(), pos.detach().sum()]
+            if grad is not None:
+                grad.view(-1)[fg_index] = pos_grad
         if grad is not None:
             ctx.grad = grad.view_as(x)  # not save_for_backward: backward scales it in place
         return torch.stack(parts).sum() if parts else x.new_zeros(())
@@ -57,8 +71,16 @@ class _NegativeTerm(torch.autograd.Function):
     def backward(ctx, grad_output: Tensor):
         grad, ctx.grad = ctx.grad, None  # scaled in place, so one backward only (no retain_graph)
         if grad is None:
-            raise RuntimeError("the focal loss's negative term was already backpropagated; it supports one backward pass")
-        return grad.mul_(grad_output), None, None, None
+            raise RuntimeError("the focal loss's class term was already backpropagated; it supports one backward pass")
+        return grad.mul_(grad_output), None, None, None, None, None
+
+
+def _foreground_index(matches_label: Tensor, k: int) -> Tensor:
+    """Flat indices into (N, M, K) logits of each foreground anchor's true class, in the
+    row-major order of ``matches_label >= 0``."""
+    flat = matches_label.reshape(-1)
+    rows = (flat >= 0).nonzero().squeeze(1)
+    return rows * k + flat[rows]
 
 
 def sigmoid_focal_loss(logits: Tensor, matches_label: Tensor, alpha: float = 0.25, gamma: float = 2.0) -> Tensor:
@@ -66,20 +88,16 @@ def sigmoid_focal_loss(logits: Tensor, matches_label: Tensor, alpha: float = 0.2
 
     logits: (N, M, K); matches_label: (N, M) long, the class of a foreground anchor,
     BACKGROUND for a negative one, IGNORE for one that takes no loss.
-    Every entry is first scored as a negative, (1 - alpha) p^gamma (-log(1 - p)); the
-    one positive entry of each foreground anchor is then swapped for
-    alpha (1 - p)^gamma (-log p). The full-size work is _NegativeTerm's, whose backward is
-    one multiplication.
+    Every entry is scored as a negative, (1 - alpha) p^gamma (-log(1 - p)), except the one
+    positive entry of each foreground anchor: alpha (1 - p)^gamma (-log p).
     """
     x = logits.float()
-    total = _NegativeTerm.apply(x, (matches_label != IGNORE).to(x.dtype), gamma, 1 - alpha)
-    fg = matches_label >= 0
-    if fg.any():
-        x_fg = x[fg].gather(1, matches_label[fg][:, None]).squeeze(1)  # (F,) logit of the true class
-        p_fg = torch.sigmoid(x_fg)
-        pos = alpha * (1 - p_fg).pow(gamma) * F.softplus(-x_fg)  # -log p = softplus(-x)
-        total = total - ((1 - alpha) * p_fg.pow(gamma) * F.softplus(x_fg)).sum() + pos.sum()
-    return total
+
+    def positive(x_fg: Tensor) -> Tensor:
+        return alpha * (1 - torch.sigmoid(x_fg)).pow(gamma) * F.softplus(-x_fg)  # -log p = softplus(-x)
+
+    keep = (matches_label != IGNORE).to(x.dtype)
+    return _ClassLoss.apply(x, keep, gamma, 1 - alpha, _foreground_index(matches_label, x.shape[-1]), positive)
 
 
 def quality_focal_loss(logits: Tensor, matches_label: Tensor, fg_quality: Tensor, beta: float = 2.0) -> Tensor:
@@ -88,20 +106,18 @@ def quality_focal_loss(logits: Tensor, matches_label: Tensor, fg_quality: Tensor
 
     logits: (N, M, K); matches_label: (N, M) as for sigmoid_focal_loss; fg_quality: (F,)
     the target y of the true class of each foreground anchor (its IoU), in the row-major
-    order of ``matches_label >= 0``. Every other entry has target 0, so it is first scored
-    as p^beta (-log(1 - p)) everywhere; the true-class entry of each foreground anchor is
-    then swapped for |y - p|^beta BCE(x, y). No alpha: GFL drops it.
+    order of ``matches_label >= 0``, a label (no gradient flows into it). Every other entry
+    has target 0 and is scored p^beta (-log(1 - p)) = p^beta BCE(x, 0); the true-class entry
+    of each foreground anchor is |y - p|^beta BCE(x, y). No alpha: GFL drops it.
     """
     x = logits.float()
-    total = _NegativeTerm.apply(x, (matches_label != IGNORE).to(x.dtype), beta, 1.0)  # BCE(x, 0) = -log(1-p)
-    fg = matches_label >= 0
-    if fg.any():
-        x_fg = x[fg].gather(1, matches_label[fg][:, None]).squeeze(1)  # (F,) logit of the true class
-        p_fg = torch.sigmoid(x_fg)
-        y = fg_quality.to(x_fg.dtype)
-        pos = (y - p_fg).abs().pow(beta) * F.binary_cross_entropy_with_logits(x_fg, y, reduction="none")
-        total = total - (p_fg.pow(beta) * F.softplus(x_fg)).sum() + pos.sum()
-    return total
+    y = fg_quality.detach().to(x.dtype)
+
+    def positive(x_fg: Tensor) -> Tensor:
+        return (y - torch.sigmoid(x_fg)).abs().pow(beta) * F.binary_cross_entropy_with_logits(x_fg, y, reduction="none")
+
+    keep = (matches_label != IGNORE).to(x.dtype)
+    return _ClassLoss.apply(x, keep, beta, 1.0, _foreground_index(matches_label, x.shape[-1]), positive)
 
 
 def paired_box_iou(a: Tensor, b: Tensor) -> Tensor:
