@@ -120,10 +120,10 @@ def yolo_runner(path: str, size: int, threads: int):
 def ours_models(size: int, variant: list[str]) -> dict:
     """Row name -> our untrained model at ``size``: the default preset, and with ``variant``
     the default preset under those model overrides."""
-    models = {OURS: preset("default", num_classes=80, input_size=size)}
+    base = preset("default", num_classes=80, input_size=size)
+    models = {OURS: base}
     if variant:
-        cfg = apply_overrides(RunConfig(model=preset("default", num_classes=80, input_size=size)), variant).model
-        models[f"ours, {' '.join(variant)}"] = cfg
+        models[f"ours, {' '.join(variant)}"] = apply_overrides(RunConfig(model=base), variant).model
     return {name: build_model(cfg).eval() for name, cfg in models.items()}
 
 

@@ -83,6 +83,14 @@ def _foreground_index(matches_label: Tensor, k: int) -> Tensor:
     return rows * k + flat[rows]
 
 
+def _class_loss(logits: Tensor, matches_label: Tensor, gamma: float, scale: float, positive) -> Tensor:
+    """_ClassLoss on (N, M, K) logits: ignored anchors dropped, every foreground anchor's
+    true-class entry scored by ``positive``."""
+    x = logits.float()
+    keep = (matches_label != IGNORE).to(x.dtype)
+    return _ClassLoss.apply(x, keep, gamma, scale, _foreground_index(matches_label, x.shape[-1]), positive)
+
+
 def sigmoid_focal_loss(logits: Tensor, matches_label: Tensor, alpha: float = 0.25, gamma: float = 2.0) -> Tensor:
     """Summed sigmoid focal loss (Lin et al. 2017, eq. 5) without a one-hot target tensor.
 
@@ -91,13 +99,11 @@ def sigmoid_focal_loss(logits: Tensor, matches_label: Tensor, alpha: float = 0.2
     Every entry is scored as a negative, (1 - alpha) p^gamma (-log(1 - p)), except the one
     positive entry of each foreground anchor: alpha (1 - p)^gamma (-log p).
     """
-    x = logits.float()
 
     def positive(x_fg: Tensor) -> Tensor:
         return alpha * (1 - torch.sigmoid(x_fg)).pow(gamma) * F.softplus(-x_fg)  # -log p = softplus(-x)
 
-    keep = (matches_label != IGNORE).to(x.dtype)
-    return _ClassLoss.apply(x, keep, gamma, 1 - alpha, _foreground_index(matches_label, x.shape[-1]), positive)
+    return _class_loss(logits, matches_label, gamma, 1 - alpha, positive)
 
 
 def quality_focal_loss(logits: Tensor, matches_label: Tensor, fg_quality: Tensor, beta: float = 2.0) -> Tensor:
@@ -110,14 +116,12 @@ def quality_focal_loss(logits: Tensor, matches_label: Tensor, fg_quality: Tensor
     has target 0 and is scored p^beta (-log(1 - p)) = p^beta BCE(x, 0); the true-class entry
     of each foreground anchor is |y - p|^beta BCE(x, y). No alpha: GFL drops it.
     """
-    x = logits.float()
-    y = fg_quality.detach().to(x.dtype)
+    y = fg_quality.detach().float()
 
     def positive(x_fg: Tensor) -> Tensor:
         return (y - torch.sigmoid(x_fg)).abs().pow(beta) * F.binary_cross_entropy_with_logits(x_fg, y, reduction="none")
 
-    keep = (matches_label != IGNORE).to(x.dtype)
-    return _ClassLoss.apply(x, keep, beta, 1.0, _foreground_index(matches_label, x.shape[-1]), positive)
+    return _class_loss(logits, matches_label, beta, 1.0, positive)  # BCE(x, 0) = -log(1 - p)
 
 
 def paired_box_iou(a: Tensor, b: Tensor) -> Tensor:
