@@ -120,10 +120,10 @@ def yolo_runner(path: str, size: int, threads: int):
 def ours_models(size: int, variant: list[str]) -> dict:
     """Row name -> our untrained model at ``size``: the default preset, and with ``variant``
     the default preset under those model overrides."""
-    base = preset("default", num_classes=80, input_size=size)
-    models = {OURS: base}
-    if variant:
-        models[f"ours, {' '.join(variant)}"] = apply_overrides(RunConfig(model=base), variant).model
+    models = {OURS: preset("default", num_classes=80, input_size=size)}
+    if variant:  # a preset of its own: apply_overrides changes the config it is given
+        cfg = apply_overrides(RunConfig(model=preset("default", num_classes=80, input_size=size)), variant).model
+        models[f"ours, {' '.join(variant)}"] = cfg
     return {name: build_model(cfg).eval() for name, cfg in models.items()}
 
 
